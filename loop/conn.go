@@ -1,0 +1,152 @@
+package loop
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudwego/netpoll"
+	"github.com/gobwas/ws"
+	"github.com/valyala/bytebufferpool"
+)
+
+type role uint8
+
+const (
+	roleNone role = iota
+	roleBinary
+	rolePhone
+)
+
+func (r role) String() string {
+	switch r {
+	case roleBinary:
+		return "binary"
+	case rolePhone:
+		return "phone"
+	}
+	return "none"
+}
+
+// conn is the relay's state for one TCP connection. It doubles as the
+// context netpoll hands back to every callback, so finding it costs a type
+// assertion rather than a map lookup.
+type conn struct {
+	context.Context
+	srv *Server
+	nc  netpoll.Connection
+	out outbox
+
+	// Read side: touched only by the connection's read task and its close
+	// callback, which netpoll never runs at the same time.
+	upgraded   bool
+	readDone   bool                         // input is discarded from here on
+	headOnly   bool                         // answering a HEAD request
+	stage      *bytebufferpool.ByteBuffer   // incomplete request head or frame
+	msg        *bytebufferpool.ByteBuffer   // data frames of a fragmented message
+	msgOp      ws.OpCode                    // opcode of the message being reassembled
+	role       role
+	serverID   string
+	noticeCode uint16 // phone: code of its close frame, for the close notice
+	detached   bool   // phone: left the registry / binary: released its slot
+	connID     string // phone: its conn_id
+	binary     *conn  // phone: the binary it was attached to
+
+	// Shared: set by whichever goroutine decides the phone's fate.
+	state connState
+
+	lingerMu sync.Mutex
+	linger   *time.Timer
+}
+
+// connState is the part of a connection's fate any goroutine may decide.
+type connState struct {
+	closing  atomic.Bool // a final frame is queued: inbound data is ignored
+	noNotice atomic.Bool // the binary asked for this phone's close
+}
+
+// setClosing reports whether this call was the one that began the close.
+func (s *connState) setClosing(noNotice bool) (first bool) {
+	if noNotice {
+		s.noNotice.Store(true)
+	}
+	return s.closing.CompareAndSwap(false, true)
+}
+
+// closeWith sends a close frame with code and reason and ends the connection
+// after the peer answers or CloseLinger passes. Any goroutine may call it;
+// only the first call per connection has an effect. With discard, frames
+// still queued are dropped (the peer is too slow to want them).
+func (c *conn) closeWith(why CloseReason, code uint16, reason string, discard bool) {
+	c.closeWithNotice(why, code, reason, discard, false)
+}
+
+func (c *conn) closeWithNotice(why CloseReason, code uint16, reason string, discard, noNotice bool) {
+	if !c.state.setClosing(noNotice) {
+		return
+	}
+	c.srv.counters.Closes[why].Add(1)
+	b := framePool.Get()
+	b.B = appendCloseFrame(b.B, code, reason)
+	c.out.pushFinal(b, lingerClose, discard)
+	c.srv.logClose(c, why, code)
+}
+
+// echoClose answers the peer's close frame and closes once it is written.
+func (c *conn) echoClose(code uint16) {
+	if !c.state.setClosing(false) {
+		return
+	}
+	c.srv.counters.Closes[ClosePeer].Add(1)
+	b := framePool.Get()
+	b.B = appendCloseFrame(b.B, code, "")
+	c.out.pushFinal(b, hardClose, false)
+}
+
+// writeFailed runs on the writer when a flush fails or times out.
+func (c *conn) writeFailed(err error) {
+	if !c.state.closing.Load() {
+		c.srv.counters.Closes[CloseWriteFailed].Add(1)
+		c.srv.log.Debug("write failed", "role", c.role, "remote", c.nc.RemoteAddr(), "err", err)
+	}
+	_ = c.nc.Close()
+}
+
+func (c *conn) lingerTimer(d time.Duration) {
+	c.lingerMu.Lock()
+	if c.linger == nil {
+		c.linger = time.AfterFunc(d, func() { _ = c.nc.Close() })
+	}
+	c.lingerMu.Unlock()
+}
+
+// onClosed is netpoll's close callback: the socket is gone, whoever closed
+// it. It never runs while the read task does.
+func (c *conn) onClosed(netpoll.Connection) error {
+	c.out.close()
+	c.lingerMu.Lock()
+	if c.linger != nil {
+		c.linger.Stop()
+	}
+	c.lingerMu.Unlock()
+	c.releaseInput()
+	c.leave()
+	if c.upgraded {
+		c.srv.live.Add(-1)
+	}
+	return nil
+}
+
+func (c *conn) releaseInput() {
+	if c.stage != nil {
+		c.srv.counters.StagedBytes.Add(-int64(len(c.stage.B)))
+		putBuf(&stagePool, c.stage)
+		c.stage = nil
+	}
+	if c.msg != nil {
+		c.srv.counters.StagedBytes.Add(-int64(len(c.msg.B)))
+		putBuf(&msgPool, c.msg)
+		c.msg = nil
+	}
+}

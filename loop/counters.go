@@ -1,0 +1,121 @@
+package loop
+
+import "sync/atomic"
+
+// DropReason names why a frame or envelope was not delivered. Every drop is
+// counted under exactly one reason.
+type DropReason int
+
+const (
+	DropBadEnvelope   DropReason = iota // binary sent something that is not a valid envelope
+	DropUnknownConnID                   // envelope names no live phone of that binary's server-id
+	DropPhoneClosing                    // target phone is already closing or gone
+	DropPushWakeOff                     // push_wake asked for, push is not configured
+	DropBinaryGone                      // phone sent while its server-id has no live binary
+	DropBinaryBacklog                   // binary's outbox was full; the sending phone is closed
+	DropPhoneBacklog                    // phone's outbox overflowed; pending frames discarded
+	numDropReasons
+)
+
+var dropReasonNames = [numDropReasons]string{
+	DropBadEnvelope:   "bad_envelope",
+	DropUnknownConnID: "unknown_conn_id",
+	DropPhoneClosing:  "phone_closing",
+	DropPushWakeOff:   "push_wake_off",
+	DropBinaryGone:    "binary_gone",
+	DropBinaryBacklog: "binary_backlog_full",
+	DropPhoneBacklog:  "phone_backlog_full",
+}
+
+func (r DropReason) String() string { return dropReasonNames[r] }
+
+// CloseReason names why the relay ended a connection.
+type CloseReason int
+
+const (
+	ClosePeer          CloseReason = iota // peer sent a close frame or dropped TCP
+	CloseProtocol                         // WebSocket protocol violation (1002)
+	CloseTooBig                           // message over the limit (1009)
+	CloseNotJSON                          // phone message not one JSON value (1000)
+	CloseBinaryGone                       // phone sent while its binary was gone (1000)
+	CloseBinaryAsked                      // binary's close directive
+	CloseBinaryBacklog                    // binary's outbox full, the sending phone closed (1011)
+	ClosePhoneBacklog                     // phone's outbox overflowed (1011)
+	CloseWriteFailed                      // a write to the peer failed or timed out
+	CloseReclaimed                        // server-id moved to a new binary (4404)
+	CloseSlotDropped                      // binary left and took its slot with it (1000)
+	CloseRegistry                         // refused by the registry after the 101 (4404/4409/4429)
+	CloseShutdown                         // relay shutting down (1001)
+	numCloseReasons
+)
+
+var closeReasonNames = [numCloseReasons]string{
+	ClosePeer:          "peer",
+	CloseProtocol:      "protocol_error",
+	CloseTooBig:        "too_big",
+	CloseNotJSON:       "not_json",
+	CloseBinaryGone:    "binary_gone",
+	CloseBinaryAsked:   "binary_asked",
+	CloseBinaryBacklog: "binary_backlog_full",
+	ClosePhoneBacklog:  "phone_backlog_full",
+	CloseWriteFailed:   "write_failed",
+	CloseReclaimed:     "reclaimed",
+	CloseSlotDropped:   "slot_dropped",
+	CloseRegistry:      "registry_refused",
+	CloseShutdown:      "shutdown",
+}
+
+func (r CloseReason) String() string { return closeReasonNames[r] }
+
+// RejectReason names why an HTTP request was answered without an upgrade.
+type RejectReason int
+
+const (
+	RejectHeaders    RejectReason = iota // required pyrycode header missing or empty (400)
+	RejectServerID                       // server-id out of bounds (400)
+	RejectMalformed                      // not parseable HTTP/1.1 (400)
+	RejectHeaderSize                     // request head over the limit (431)
+	RejectNotUpgrade                     // no WebSocket upgrade headers (426)
+	RejectMethod                         // not GET (405)
+	RejectNotFound                       // unknown path (404)
+	RejectCapacity                       // max-connections reached (503)
+	numRejectReasons
+)
+
+var rejectReasonNames = [numRejectReasons]string{
+	RejectHeaders:    "missing_header",
+	RejectServerID:   "bad_server_id",
+	RejectMalformed:  "malformed_request",
+	RejectHeaderSize: "header_too_large",
+	RejectNotUpgrade: "not_upgrade",
+	RejectMethod:     "bad_method",
+	RejectNotFound:   "not_found",
+	RejectCapacity:   "at_capacity",
+}
+
+func (r RejectReason) String() string { return rejectReasonNames[r] }
+
+// Counters is the relay's running tally. Fields are updated with atomics on
+// the hot path and read by the metrics exporter and by tests.
+type Counters struct {
+	Drops             [numDropReasons]atomic.Uint64
+	Closes            [numCloseReasons]atomic.Uint64
+	Rejects           [numRejectReasons]atomic.Uint64
+	PhoneToBinary     atomic.Uint64 // envelopes queued towards binaries
+	BinaryToPhone     atomic.Uint64 // frames queued towards phones
+	UpgradesAccepted  atomic.Uint64
+	RegistryNoServer  atomic.Uint64
+	RegistryClaimed   atomic.Uint64
+	RegistryPhonesCap atomic.Uint64
+	OutboxBytesQueued atomic.Int64 // bytes charged to all outboxes right now
+	StagedBytes       atomic.Int64 // bytes of incomplete frames and messages held right now
+}
+
+// Drop returns how many frames were dropped for reason r.
+func (c *Counters) Drop(r DropReason) uint64 { return c.Drops[r].Load() }
+
+// Close returns how many connections the relay closed for reason r.
+func (c *Counters) Close(r CloseReason) uint64 { return c.Closes[r].Load() }
+
+// Reject returns how many requests were refused for reason r.
+func (c *Counters) Reject(r RejectReason) uint64 { return c.Rejects[r].Load() }

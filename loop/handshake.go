@@ -1,0 +1,227 @@
+package loop
+
+import (
+	"errors"
+	"strconv"
+
+	"switchboard/registry"
+	"switchboard/wsframe"
+)
+
+// Required headers per endpoint (PROTOCOL.md section 2), checked in order.
+var (
+	binaryHeaders = []string{"X-Pyrycode-Server", "X-Pyrycode-Version", "User-Agent"}
+	phoneHeaders  = []string{"X-Pyrycode-Server", "X-Pyrycode-Token", "User-Agent"}
+)
+
+// maxServerIDLen bounds a server-id; it ends up inside every conn_id.
+const maxServerIDLen = 128
+
+// handshake waits for a whole request head, then answers it: /healthz, a
+// refusal, or a 101 followed by registration. It returns how many bytes it
+// used; bytes after the head are WebSocket frames the client pipelined.
+func (c *conn) handshake(data []byte) int {
+	limit := c.srv.cfg.MaxRequestHeaderBytes
+	end := wsframe.HeaderEnd(data)
+	if end < 0 || end > limit {
+		if end > limit || len(data) > limit {
+			c.reject(RejectHeaderSize, 431, "request head too large\n")
+		}
+		return 0 // wait for more (staged) unless rejected
+	}
+	var req wsframe.Request
+	if err := wsframe.ParseRequest(data[:end], &req); err != nil {
+		c.reject(RejectMalformed, 400, "malformed request\n")
+		return end
+	}
+	path := string(req.Path) // compared only; the compiler does not copy
+	switch {
+	case path == "/healthz":
+		if !isGet(req.Method) && string(req.Method) != "HEAD" {
+			c.reject(RejectMethod, 405, "")
+			return end
+		}
+		c.respondHealth(string(req.Method) == "HEAD")
+		return end
+	case path == "/v1/server":
+		c.role = roleBinary
+	case path == "/v1/client":
+		c.role = rolePhone
+	default:
+		c.reject(RejectNotFound, 404, "not found\n")
+		return end
+	}
+	if !isGet(req.Method) {
+		c.reject(RejectMethod, 405, "")
+		return end
+	}
+	if c.role == roleBinary {
+		c.out.limit = c.srv.cfg.BinaryOutboxBytes // a binary fans in many phones
+	}
+	required := binaryHeaders
+	if c.role == rolePhone {
+		required = phoneHeaders
+	}
+	for _, name := range required {
+		if len(req.Header(name)) == 0 {
+			c.reject(RejectHeaders, 400, "missing header "+name+"\n")
+			return end
+		}
+	}
+	serverID := req.Header("X-Pyrycode-Server")
+	if !validServerID(serverID) {
+		c.reject(RejectServerID, 400, "invalid X-Pyrycode-Server\n")
+		return end
+	}
+	key := req.Header("Sec-WebSocket-Key")
+	if !req.HasToken("Upgrade", "websocket") || !req.HasToken("Connection", "upgrade") ||
+		string(req.Header("Sec-WebSocket-Version")) != "13" || !wsframe.ValidKey(key) {
+		c.reject(RejectNotUpgrade, 426, "websocket upgrade required\n")
+		return end
+	}
+	if int(c.srv.live.Add(1)) > c.srv.cfg.MaxConnections {
+		c.srv.live.Add(-1)
+		c.reject(RejectCapacity, 503, "")
+		return end
+	}
+	c.upgraded = true
+	c.serverID = string(serverID)
+	c.accept(key)
+	c.register(req.Header("X-Pyrycode-Device-Name"))
+	return end
+}
+
+func isGet(method []byte) bool { return string(method) == "GET" }
+
+// validServerID: 1..128 bytes of printable ASCII without '"' or '\', so it can
+// be spliced into conn_ids and envelopes without escaping.
+func validServerID(id []byte) bool {
+	if len(id) == 0 || len(id) > maxServerIDLen {
+		return false
+	}
+	for _, ch := range id {
+		if ch < 0x21 || ch > 0x7e || ch == '"' || ch == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// accept queues the 101. It goes through the outbox like every other write,
+// so a refusal's close frame queued right after it cannot overtake it.
+func (c *conn) accept(key []byte) {
+	var accept [wsframe.AcceptKeySize]byte
+	wsframe.PutAcceptKey(&accept, key)
+	b := framePool.Get()
+	b.B = append(b.B, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
+	b.B = append(b.B, accept[:]...)
+	b.B = append(b.B, "\r\n\r\n"...)
+	c.out.push(b, controlSlack)
+	c.srv.counters.UpgradesAccepted.Add(1)
+}
+
+// register records the binary's claim or attaches the phone. The decision is
+// made before the 101 leaves the outbox, so a phone dialled after a binary's
+// upgrade completed always finds it.
+func (c *conn) register(deviceName []byte) {
+	s := c.srv
+	if c.role == roleBinary {
+		if err := s.reg.Claim(c.serverID, c); err != nil {
+			s.counters.RegistryClaimed.Add(1)
+			c.refuse(err)
+			return
+		}
+		s.log.Info("binary connected", "server_id", c.serverID, "remote", c.nc.RemoteAddr())
+		return
+	}
+	connID, b, err := s.reg.AddPhone(c.serverID, c)
+	if err != nil {
+		if errors.Is(err, registry.ErrNoServer) {
+			s.counters.RegistryNoServer.Add(1)
+		} else {
+			s.counters.RegistryPhonesCap.Add(1)
+		}
+		c.refuse(err)
+		return
+	}
+	c.connID, c.binary = connID, b
+	s.log.Debug("phone connected", "conn_id", connID, "device", string(deviceName), "remote", c.nc.RemoteAddr())
+}
+
+// refuse closes an upgraded connection the registry turned away.
+func (c *conn) refuse(err error) {
+	c.readDone = true
+	c.serverID = "" // holds nothing: the close callback must not release it
+	switch {
+	case errors.Is(err, registry.ErrClaimed):
+		c.closeWith(CloseRegistry, 4409, "server-id already claimed", false)
+	case errors.Is(err, registry.ErrPhonesAtCap):
+		c.closeWith(CloseRegistry, 4429, "too many phones for server-id", false)
+	default:
+		c.closeWith(CloseRegistry, 4404, "no server with that id", false)
+	}
+}
+
+// reject answers a request that will not be upgraded and closes after it.
+func (c *conn) reject(why RejectReason, status int, body string) {
+	c.readDone = true
+	c.srv.counters.Rejects[why].Add(1)
+	c.srv.log.Debug("request refused", "reason", why.String(), "status", status, "remote", c.nc.RemoteAddr())
+	extra := ""
+	if status == 426 {
+		extra = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+	}
+	c.respond(status, extra, "text/plain; charset=utf-8", []byte(body))
+}
+
+// respond queues a complete HTTP/1.1 response as the connection's final write.
+func (c *conn) respond(status int, extraHeaders, contentType string, body []byte) {
+	b := framePool.Get()
+	b.B = append(b.B, "HTTP/1.1 "...)
+	b.B = strconv.AppendInt(b.B, int64(status), 10)
+	b.B = append(b.B, ' ')
+	b.B = append(b.B, statusText(status)...)
+	b.B = append(b.B, "\r\nConnection: close\r\nContent-Length: "...)
+	b.B = strconv.AppendInt(b.B, int64(len(body)), 10)
+	b.B = append(b.B, "\r\n"...)
+	if len(body) > 0 {
+		b.B = append(b.B, "Content-Type: "...)
+		b.B = append(b.B, contentType...)
+		b.B = append(b.B, "\r\n"...)
+	}
+	b.B = append(b.B, extraHeaders...)
+	b.B = append(b.B, "\r\n"...)
+	if !c.headOnly {
+		b.B = append(b.B, body...)
+	}
+	c.state.closing.Store(true)
+	c.out.pushFinal(b, lingerClose, false)
+}
+
+func statusText(status int) string {
+	switch status {
+	case 200:
+		return "OK"
+	case 400:
+		return "Bad Request"
+	case 404:
+		return "Not Found"
+	case 405:
+		return "Method Not Allowed"
+	case 426:
+		return "Upgrade Required"
+	case 431:
+		return "Request Header Fields Too Large"
+	case 503:
+		return "Service Unavailable"
+	}
+	return "Error"
+}
+
+// appendCloseFrame appends a server close frame, no body when code is 0.
+func appendCloseFrame(dst []byte, code uint16, reason string) []byte {
+	return wsframe.AppendClose(dst, code, reason)
+}
+
+// sendableCode reports whether a binary's close_code may go on the wire.
+func sendableCode(code uint16) bool { return wsframe.SendableCloseCode(code) }

@@ -1,0 +1,25 @@
+package loop
+
+import (
+	"strconv"
+	"time"
+)
+
+// respondHealth answers GET /healthz with the exact shape PROTOCOL.md
+// section 2 gives, keys in that order.
+func (c *conn) respondHealth(headOnly bool) {
+	s := c.srv
+	body := make([]byte, 0, 160)
+	body = append(body, `{"status":"ok","version":`...)
+	body = append(body, s.versionJSON...)
+	body = append(body, `,"connected_binaries":`...)
+	body = strconv.AppendInt(body, int64(s.reg.Binaries()), 10)
+	body = append(body, `,"connected_phones":`...)
+	body = strconv.AppendInt(body, int64(s.reg.Phones()), 10)
+	body = append(body, `,"uptime_seconds":`...)
+	body = strconv.AppendInt(body, int64(time.Since(s.started)/time.Second), 10)
+	body = append(body, '}')
+	c.readDone = true
+	c.headOnly = headOnly
+	c.respond(200, "Cache-Control: no-store\r\n", "application/json; charset=utf-8", body)
+}

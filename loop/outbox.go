@@ -1,0 +1,220 @@
+package loop
+
+import (
+	"errors"
+	"sync"
+	"syscall"
+
+	"github.com/valyala/bytebufferpool"
+)
+
+// outbox is a connection's bounded outbound queue. Any goroutine may push;
+// one writer goroutine, started when the queue goes from empty to non-empty
+// and gone once it is drained, copies everything queued into netpoll's buffer
+// and flushes it in one writev. An idle connection therefore owns no
+// goroutine and no queued buffer (DESIGN.md fact 5), and a peer that reads
+// slowly blocks only its own writer, never the goroutine that pushed.
+type outbox struct {
+	c     *conn
+	limit int    // budget in charged bytes
+	run   func() // o.drain, bound once so `go o.run()` does not allocate
+
+	mu      sync.Mutex
+	queue   []*bytebufferpool.ByteBuffer
+	spare   []*bytebufferpool.ByteBuffer
+	charged int // queued + being written, each frame at len + OutboxItemOverhead
+	running bool
+	state   outboxState
+	after   afterWrite // what to do once the final frame is written
+
+	// wmu is held while the writer copies into netpoll's output buffer; the
+	// close callback takes it before netpoll frees that buffer, since Malloc
+	// on a closed connection panics (DESIGN.md fact 4).
+	wmu     sync.Mutex
+	wclosed bool
+}
+
+type outboxState uint8
+
+const (
+	outboxOpen    outboxState = iota
+	outboxClosing             // a final frame is queued; data is refused
+	outboxClosed              // the socket is gone
+)
+
+type afterWrite uint8
+
+const (
+	// lingerClose half-closes the socket and waits up to CloseLinger for the
+	// peer's close frame or FIN: closing at once risks an RST that destroys
+	// the close frame before the peer reads it.
+	lingerClose afterWrite = iota
+	// hardClose closes at once: the peer has already sent its close frame.
+	hardClose
+)
+
+type pushResult uint8
+
+const (
+	pushed pushResult = iota
+	pushOverflow
+	pushClosed
+)
+
+var errOutboxClosed = errors.New("connection closed")
+
+func (o *outbox) init(c *conn, limit int) {
+	o.c, o.limit = c, limit
+	o.run = o.drain
+}
+
+// push queues one whole frame and takes ownership of b in every case. slack
+// lets small control messages exceed the budget by a bounded amount.
+func (o *outbox) push(b *bytebufferpool.ByteBuffer, slack int) pushResult {
+	cost := len(b.B) + OutboxItemOverhead
+	o.mu.Lock()
+	if o.state != outboxOpen {
+		o.mu.Unlock()
+		putBuf(&framePool, b)
+		return pushClosed
+	}
+	if o.charged+cost > o.limit+slack {
+		o.mu.Unlock()
+		putBuf(&framePool, b)
+		return pushOverflow
+	}
+	o.enqueueLocked(b, cost)
+	return pushed
+}
+
+// pushFinal queues the connection's last frame (a close frame or an HTTP
+// refusal), outside the budget, and refuses data from then on. With discard,
+// frames still queued are dropped first. It reports false when a final frame
+// was already queued or the socket is gone, and then frees b.
+func (o *outbox) pushFinal(b *bytebufferpool.ByteBuffer, after afterWrite, discard bool) bool {
+	o.mu.Lock()
+	if o.state != outboxOpen {
+		o.mu.Unlock()
+		putBuf(&framePool, b)
+		return false
+	}
+	if discard {
+		for i, q := range o.queue {
+			o.charged -= len(q.B) + OutboxItemOverhead
+			o.c.srv.counters.OutboxBytesQueued.Add(-int64(len(q.B) + OutboxItemOverhead))
+			putBuf(&framePool, q)
+			o.queue[i] = nil
+		}
+		o.queue = o.queue[:0]
+	}
+	o.state, o.after = outboxClosing, after
+	o.enqueueLocked(b, len(b.B)+OutboxItemOverhead)
+	return true
+}
+
+// enqueueLocked appends b, starts the writer if none runs, and unlocks o.mu.
+func (o *outbox) enqueueLocked(b *bytebufferpool.ByteBuffer, cost int) {
+	o.queue = append(o.queue, b)
+	o.charged += cost
+	start := !o.running
+	o.running = true
+	o.mu.Unlock()
+	o.c.srv.counters.OutboxBytesQueued.Add(int64(cost))
+	if start {
+		go o.run()
+	}
+}
+
+// drain is the writer: it takes the whole queue, writes it with one flush,
+// and repeats until the queue is empty.
+func (o *outbox) drain() {
+	for {
+		o.mu.Lock()
+		batch := o.queue
+		if len(batch) == 0 {
+			o.running = false
+			final := o.state == outboxClosing
+			o.mu.Unlock()
+			if final {
+				o.finish()
+			}
+			return
+		}
+		o.queue, o.spare = o.spare[:0], nil
+		o.mu.Unlock()
+
+		cost, err := o.write(batch)
+		for i, b := range batch {
+			putBuf(&framePool, b)
+			batch[i] = nil
+		}
+		o.mu.Lock()
+		o.charged -= cost
+		o.spare = batch[:0]
+		o.mu.Unlock()
+		o.c.srv.counters.OutboxBytesQueued.Add(-int64(cost))
+		if err != nil {
+			// Leave running set: nothing more is written, and the close
+			// callback frees whatever is pushed meanwhile.
+			o.c.writeFailed(err)
+			return
+		}
+	}
+}
+
+// write copies batch into netpoll's output buffer and flushes it. netpoll
+// gets a copy, never our slice, so a buffer returned to the pool can never
+// be sent by a poller still retrying a timed-out flush.
+func (o *outbox) write(batch []*bytebufferpool.ByteBuffer) (cost int, err error) {
+	w := o.c.nc.Writer()
+	o.wmu.Lock()
+	if o.wclosed {
+		o.wmu.Unlock()
+		return batchCost(batch), errOutboxClosed
+	}
+	for _, b := range batch {
+		dst, _ := w.Malloc(len(b.B))
+		copy(dst, b.B)
+		cost += len(b.B) + OutboxItemOverhead
+	}
+	o.wmu.Unlock()
+	return cost, w.Flush()
+}
+
+func batchCost(batch []*bytebufferpool.ByteBuffer) (cost int) {
+	for _, b := range batch {
+		cost += len(b.B) + OutboxItemOverhead
+	}
+	return cost
+}
+
+// finish ends the connection once its final frame is on the wire.
+func (o *outbox) finish() {
+	nc := o.c.nc
+	if o.after == hardClose {
+		_ = nc.Close()
+		return
+	}
+	if fc, ok := nc.(interface{ Fd() int }); ok {
+		_ = syscall.Shutdown(fc.Fd(), syscall.SHUT_WR)
+	}
+	o.c.lingerTimer(o.c.srv.cfg.CloseLinger)
+}
+
+// close runs in the connection's close callback: it frees what is queued and
+// fences the writer off netpoll's buffer before netpoll frees it.
+func (o *outbox) close() {
+	o.mu.Lock()
+	o.state = outboxClosed
+	for i, q := range o.queue {
+		o.charged -= len(q.B) + OutboxItemOverhead
+		o.c.srv.counters.OutboxBytesQueued.Add(-int64(len(q.B) + OutboxItemOverhead))
+		putBuf(&framePool, q)
+		o.queue[i] = nil
+	}
+	o.queue = o.queue[:0]
+	o.mu.Unlock()
+	o.wmu.Lock()
+	o.wclosed = true
+	o.wmu.Unlock()
+}

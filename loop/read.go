@@ -1,0 +1,212 @@
+package loop
+
+import (
+	"context"
+
+	"github.com/cloudwego/netpoll"
+	"github.com/gobwas/ws"
+
+	"switchboard/wsframe"
+)
+
+// onRequest is netpoll's read task for one connection. It consumes every
+// buffered byte (netpoll calls again at once while input remains, so leaving
+// any would spin: DESIGN.md fact 1), handles every complete unit in place,
+// and copies only an incomplete tail into the connection's staging buffer.
+func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
+	c := ctx.(*conn)
+	r := nc.Reader()
+	data, err := r.Next(r.Len())
+	if err != nil {
+		return err
+	}
+	if c.stage != nil {
+		c.stage.B = append(c.stage.B, data...)
+		s.counters.StagedBytes.Add(int64(len(data)))
+		data = c.stage.B
+	}
+	used := len(data)
+	if !c.readDone {
+		used = c.consume(data)
+	}
+	c.keepTail(data[used:])
+	return r.Release()
+}
+
+// keepTail leaves rest, the unconsumed end of this read, in the staging
+// buffer, taking one from the pool only when there is a tail to keep.
+func (c *conn) keepTail(rest []byte) {
+	switch {
+	case c.stage != nil:
+		delta := len(rest) - len(c.stage.B)
+		c.stage.B = c.stage.B[:copy(c.stage.B, rest)]
+		c.srv.counters.StagedBytes.Add(int64(delta))
+		if len(rest) == 0 {
+			putBuf(&stagePool, c.stage)
+			c.stage = nil
+		}
+	case len(rest) > 0:
+		c.stage = stagePool.Get()
+		c.stage.B = append(c.stage.B, rest...)
+		c.srv.counters.StagedBytes.Add(int64(len(rest)))
+	}
+}
+
+// consume handles the complete units at the start of data and returns how
+// many bytes it used.
+func (c *conn) consume(data []byte) int {
+	i := 0
+	if !c.upgraded {
+		i = c.handshake(data)
+		if !c.upgraded || c.readDone {
+			return i
+		}
+	}
+	for i < len(data) && !c.readDone {
+		h, hn, err := wsframe.ParseHeader(data[i:])
+		if err == nil && hn > 0 {
+			err = wsframe.CheckClient(h)
+		}
+		if err != nil {
+			c.protocolError(err)
+			return len(data)
+		}
+		if hn == 0 {
+			break
+		}
+		if c.tooBig(h) {
+			return len(data)
+		}
+		end := i + hn + int(h.Length)
+		if end > len(data) {
+			break
+		}
+		payload := data[i+hn : end]
+		ws.Cipher(payload, h.Mask, 0)
+		i = end
+		c.frame(h, payload)
+	}
+	if c.readDone {
+		return len(data)
+	}
+	return i
+}
+
+// tooBig closes the connection with 1009 when the frame would take its
+// message past MaxMessageBytes. It is checked on the header alone, before a
+// byte of the payload is buffered.
+func (c *conn) tooBig(h ws.Header) bool {
+	if h.OpCode.IsControl() {
+		return false
+	}
+	size := h.Length
+	if h.OpCode == ws.OpContinuation && c.msg != nil {
+		size += int64(len(c.msg.B))
+	}
+	if size <= int64(c.srv.cfg.MaxMessageBytes) {
+		return false
+	}
+	c.endRead(CloseTooBig, 1009, c.srv.tooBigReason)
+	return true
+}
+
+func (c *conn) protocolError(err error) {
+	c.srv.log.Debug("protocol error", "role", c.role, "remote", c.nc.RemoteAddr(), "err", err)
+	c.endRead(CloseProtocol, 1002, "")
+}
+
+// endRead closes the connection from its own read side: no further input is
+// looked at, and a phone leaves the registry now so its close notice goes
+// out after its last forwarded frame.
+func (c *conn) endRead(why CloseReason, code uint16, reason string) {
+	c.readDone = true
+	c.closeWith(why, code, reason, false)
+	c.leave()
+}
+
+// frame handles one complete, unmasked frame.
+func (c *conn) frame(h ws.Header, payload []byte) {
+	switch {
+	case h.OpCode.IsControl():
+		c.control(h.OpCode, payload)
+	case h.OpCode == ws.OpContinuation:
+		if c.msg == nil {
+			c.protocolError(errContinuation)
+			return
+		}
+		c.msg.B = append(c.msg.B, payload...)
+		c.srv.counters.StagedBytes.Add(int64(len(payload)))
+		if h.Fin {
+			c.deliver(c.msg.B)
+			c.srv.counters.StagedBytes.Add(-int64(len(c.msg.B)))
+			putBuf(&msgPool, c.msg)
+			c.msg = nil
+		}
+	default: // text or binary
+		if c.msg != nil {
+			c.protocolError(errInterleaved)
+			return
+		}
+		if h.Fin {
+			c.deliver(payload)
+			return
+		}
+		c.msg = msgPool.Get()
+		c.msg.B = append(c.msg.B, payload...)
+		c.srv.counters.StagedBytes.Add(int64(len(payload)))
+	}
+}
+
+func (c *conn) control(op ws.OpCode, payload []byte) {
+	switch op {
+	case ws.OpPing:
+		if c.state.closing.Load() {
+			return
+		}
+		b := framePool.Get()
+		b.B = wsframe.AppendServerHeader(b.B, ws.OpPong, len(payload))
+		b.B = append(b.B, payload...)
+		c.out.push(b, controlSlack)
+	case ws.OpPong:
+		// Heartbeats are not yet tracked; an unsolicited pong is allowed.
+	case ws.OpClose:
+		code, err := wsframe.ParseCloseBody(payload)
+		if err != nil {
+			c.protocolError(err)
+			return
+		}
+		c.readDone = true
+		if c.state.closing.Load() {
+			// Our close frame is out and this is the answer: done.
+			_ = c.nc.Close()
+			return
+		}
+		c.noticeCode = code
+		c.echoClose(code)
+		c.leave()
+	}
+}
+
+// deliver routes one whole data message by the connection's role.
+func (c *conn) deliver(msg []byte) {
+	if c.state.closing.Load() {
+		return
+	}
+	switch c.role {
+	case rolePhone:
+		c.phoneMessage(msg)
+	case roleBinary:
+		c.binaryMessage(msg)
+	}
+}
+
+// leave takes the connection out of the registry: a phone detaches (and its
+// binary is told), a binary gives up its slot (and its phones are closed).
+func (c *conn) leave() {
+	switch c.role {
+	case rolePhone:
+		c.detachPhone()
+	case roleBinary:
+		c.releaseSlot()
+	}
+}

@@ -1,0 +1,119 @@
+// Package loop is Switchboard's event loop: netpoll integration, the
+// handshake, the read path, per-connection outbound queues, and routing
+// between binaries and phones through the registry.
+package loop
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudwego/netpoll"
+
+	"switchboard/registry"
+)
+
+// Idle connections are most of the relay's memory. netpoll's defaults give
+// each one an 8 KiB input node and a 4 KiB output node; 512-byte nodes
+// bring an idle connection to ~4 KB (DESIGN.md fact 7). Larger messages grow
+// the nodes on demand.
+const netpollNodeSize = 512
+
+// controlSlack lets pongs and the 101 exceed an outbox's budget: they are
+// tiny and the peer's own pings are what trigger them.
+const controlSlack = 4 << 10
+
+// noticeSlack lets close notices exceed a binary's budget, so a backlogged
+// binary still learns which phones left; ~1,000 notices' worth.
+const noticeSlack = 64 << 10
+
+func init() {
+	netpoll.LinkBufferCap = netpollNodeSize
+	if err := netpoll.Configure(netpoll.Config{BufferSize: netpollNodeSize, LoggerOutput: io.Discard}); err != nil {
+		panic(err)
+	}
+}
+
+// Server is one relay: a netpoll event loop and the registry it routes by.
+type Server struct {
+	cfg          Config
+	log          *slog.Logger
+	reg          *registry.Registry[*conn, *conn]
+	counters     Counters
+	live         atomic.Int64 // upgraded connections still open
+	started      time.Time
+	versionJSON  []byte
+	tooBigReason string
+	evl          netpoll.EventLoop
+}
+
+// New builds a relay from cfg after filling defaults and validating it.
+func New(cfg Config) (*Server, error) {
+	cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	version, _ := json.Marshal(cfg.Version)
+	s := &Server{
+		cfg:          cfg,
+		log:          log,
+		reg:          registry.New[*conn, *conn](cfg.PhonesPerServer),
+		started:      time.Now(),
+		versionJSON:  version,
+		tooBigReason: fmt.Sprintf("read limited at %d bytes", cfg.MaxMessageBytes+1),
+	}
+	evl, err := netpoll.NewEventLoop(s.onRequest,
+		netpoll.WithOnPrepare(s.onPrepare),
+		netpoll.WithWriteTimeout(cfg.WriteTimeout),
+	)
+	if err != nil {
+		return nil, err
+	}
+	s.evl = evl
+	return s, nil
+}
+
+// Serve accepts connections on ln until Shutdown. It blocks.
+func (s *Server) Serve(ln net.Listener) error { return s.evl.Serve(ln) }
+
+// Shutdown stops accepting and closes the listener; open connections are
+// not yet drained (a later issue adds the 1001 drain).
+func (s *Server) Shutdown(ctx context.Context) error { return s.evl.Shutdown(ctx) }
+
+// Counters exposes the relay's running tallies.
+func (s *Server) Counters() *Counters { return &s.counters }
+
+// Binaries is the number of server-ids held by a connected binary.
+func (s *Server) Binaries() int { return s.reg.Binaries() }
+
+// Phones is the number of attached phones.
+func (s *Server) Phones() int { return s.reg.Phones() }
+
+// Live is the number of upgraded connections still open.
+func (s *Server) Live() int { return int(s.live.Load()) }
+
+// Config returns the configuration in effect, defaults filled in.
+func (s *Server) Config() Config { return s.cfg }
+
+func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
+	c := &conn{Context: context.Background(), srv: s, nc: nc}
+	c.out.init(c, s.cfg.PhoneOutboxBytes)
+	_ = nc.AddCloseCallback(c.onClosed)
+	return c
+}
+
+func (s *Server) logClose(c *conn, why CloseReason, code uint16) {
+	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	s.log.Debug("closing", "role", c.role, "reason", why.String(), "code", code, "remote", c.nc.RemoteAddr())
+}
