@@ -58,7 +58,10 @@ func (c *conn) consume(data []byte) int {
 	i := 0
 	if !c.upgraded {
 		i = c.handshake(data)
-		if !c.upgraded || c.readDone {
+		if c.readDone {
+			return len(data) // refused: nothing more is read
+		}
+		if !c.upgraded {
 			return i
 		}
 	}

@@ -1,0 +1,35 @@
+# Switchboard: the two commands a newcomer needs are `make run` and `make test`.
+GO      ?= go
+LISTEN  ?= :8080
+FUZZTIME ?= 20s
+
+.PHONY: run build test vet race fuzz bench clean
+
+## run: start the relay on $(LISTEN) with protocol defaults
+run:
+	$(GO) run ./cmd/switchboard --listen $(LISTEN)
+
+## build: compile the relay into ./bin
+build:
+	$(GO) build -o bin/switchboard ./cmd/switchboard
+
+## test: vet and every test under the race detector
+test: vet
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+vet:
+	$(GO) vet ./...
+
+## fuzz: a short run of every fuzz target (not part of `make test`)
+fuzz:
+	$(GO) test -run='^$$' -fuzz='^FuzzParseHeader$$' -fuzztime=$(FUZZTIME) ./wsframe/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseRequest$$' -fuzztime=$(FUZZTIME) ./wsframe/
+	$(GO) test -run='^$$' -fuzz='^FuzzValid$$' -fuzztime=$(FUZZTIME) ./envelope/
+	$(GO) test -run='^$$' -fuzz='^FuzzScan$$' -fuzztime=$(FUZZTIME) ./envelope/
+
+## bench: every benchmark, as operators run it
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem ./bench/ ./envelope/ ./wsframe/ ./registry/
+
+clean:
+	rm -rf bin
