@@ -8,7 +8,10 @@ import (
 // that phone belongs to this binary's server-id. Anything else is dropped
 // and counted; the binary's connection stays up.
 func (c *conn) binaryMessage(msg []byte) {
-	var env envelope.FromBinary
+	if c.env == nil {
+		c.env = new(envelope.FromBinary) // once per binary: Scan's result points into it
+	}
+	env := c.env
 	if err := env.Scan(msg); err != nil {
 		c.srv.counters.Drops[DropBadEnvelope].Add(1)
 		c.srv.log.Debug("envelope dropped", "remote", c.nc.RemoteAddr(), "err", err)

@@ -9,6 +9,8 @@ import (
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
 	"github.com/valyala/bytebufferpool"
+
+	"switchboard/envelope"
 )
 
 type role uint8
@@ -41,17 +43,18 @@ type conn struct {
 	// Read side: touched only by the connection's read task and its close
 	// callback, which netpoll never runs at the same time.
 	upgraded   bool
-	readDone   bool                         // input is discarded from here on
-	headOnly   bool                         // answering a HEAD request
-	stage      *bytebufferpool.ByteBuffer   // incomplete request head or frame
-	msg        *bytebufferpool.ByteBuffer   // data frames of a fragmented message
-	msgOp      ws.OpCode                    // opcode of the message being reassembled
+	readDone   bool                       // input is discarded from here on
+	headOnly   bool                       // answering a HEAD request
+	stage      *bytebufferpool.ByteBuffer // incomplete request head or frame
+	msg        *bytebufferpool.ByteBuffer // data frames of a fragmented message
+	msgOp      ws.OpCode                  // opcode of the message being reassembled
 	role       role
 	serverID   string
-	noticeCode uint16 // phone: code of its close frame, for the close notice
-	detached   bool   // phone: left the registry / binary: released its slot
-	connID     string // phone: its conn_id
-	binary     *conn  // phone: the binary it was attached to
+	noticeCode uint16               // phone: code of its close frame, for the close notice
+	detached   bool                 // phone: left the registry / binary: released its slot
+	connID     string               // phone: its conn_id
+	binary     *conn                // phone: the binary it was attached to
+	env        *envelope.FromBinary // binary: scratch for the envelope being routed
 
 	// Shared: set by whichever goroutine decides the phone's fate.
 	state connState

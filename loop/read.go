@@ -16,7 +16,10 @@ import (
 func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 	c := ctx.(*conn)
 	r := nc.Reader()
-	data, err := r.Next(r.Len())
+	n := r.Len()
+	// Peek, then Skip: Next copies input spanning two buffer nodes into a
+	// fresh allocation, Peek into a pooled one.
+	data, err := r.Peek(n)
 	if err != nil {
 		return err
 	}
@@ -30,6 +33,7 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 		used = c.consume(data)
 	}
 	c.keepTail(data[used:])
+	_ = r.Skip(n)
 	return r.Release()
 }
 

@@ -34,10 +34,24 @@ const noticeSlack = 64 << 10
 
 func init() {
 	netpoll.LinkBufferCap = netpollNodeSize
-	if err := netpoll.Configure(netpoll.Config{BufferSize: netpollNodeSize, LoggerOutput: io.Discard}); err != nil {
+	cfg := netpoll.Config{
+		BufferSize:   netpollNodeSize,
+		LoggerOutput: io.Discard,
+		Runner:       runTask,
+	}
+	if err := netpoll.Configure(cfg); err != nil {
 		panic(err)
 	}
 }
+
+// runTask starts each netpoll read task on a fresh goroutine. netpoll's
+// default pool ends a worker as soon as its queue is empty, so under
+// Switchboard's short tasks it spawned a worker per event anyway, plus an
+// allocation for the worker's closure; `go task()` reuses a dead goroutine's
+// stack and allocates nothing. Running tasks inline on the poller was
+// measured too: fewer allocations but ~40% fewer round trips per second on
+// two cores, as one poller then does all the parsing and routing.
+func runTask(_ context.Context, task func()) { go task() }
 
 // Server is one relay: a netpoll event loop and the registry it routes by.
 type Server struct {
