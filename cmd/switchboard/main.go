@@ -41,6 +41,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "switchboard: %v\n", err)
 		return 2
 	}
+	// Every field holds a flag's value (defaults included), so a zero here was
+	// asked for; validate before loop.New would read it as "use the default".
+	if err := opts.cfg.Validate(); err != nil {
+		fmt.Fprintf(stderr, "switchboard: %v\n", err)
+		return 2
+	}
 	if opts.showVer {
 		fmt.Fprintln(stdout, "switchboard", version)
 		return 0

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestBadFlagValuesExit2WithOneLine(t *testing.T) {
+	cases := [][]string{
+		{"--max-connections", "0"},
+		{"--phones-per-server", "-1"},
+		{"--max-message-bytes", "12"},
+		{"--phone-outbox-bytes", "1000"},
+		{"--write-timeout", "soon"},
+		{"--log-level", "loud"},
+		{"--no-such-flag"},
+		{"stray-argument"},
+	}
+	for _, args := range cases {
+		var out, errb bytes.Buffer
+		if code := run(args, &out, &errb); code != 2 {
+			t.Errorf("%v: exit %d, want 2 (stderr %q)", args, code, errb.String())
+			continue
+		}
+		if !strings.Contains(errb.String(), "switchboard") && !strings.Contains(errb.String(), "flag") {
+			t.Errorf("%v: stderr %q names no reason", args, errb.String())
+		}
+	}
+}
+
+func TestEnvironmentSetsFlagsAndCommandLineWins(t *testing.T) {
+	t.Setenv("SWITCHBOARD_PHONES_PER_SERVER", "3")
+	t.Setenv("SWITCHBOARD_WRITE_TIMEOUT", "2s")
+	t.Setenv("SWITCHBOARD_MAX_MESSAGE_BYTES", "1000")
+	var errb bytes.Buffer
+	o, err := parseFlags([]string{"--max-message-bytes", "2000"}, &errb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cfg.PhonesPerServer != 3 || o.cfg.WriteTimeout != 2*time.Second {
+		t.Errorf("environment not applied: %+v", o.cfg)
+	}
+	if o.cfg.MaxMessageBytes != 2000 {
+		t.Errorf("flag should win over environment, got %d", o.cfg.MaxMessageBytes)
+	}
+}
+
+func TestBadEnvironmentValueExits2(t *testing.T) {
+	t.Setenv("SWITCHBOARD_MAX_CONNECTIONS", "lots")
+	var out, errb bytes.Buffer
+	if code := run(nil, &out, &errb); code != 2 {
+		t.Fatalf("exit %d, want 2", code)
+	}
+	if !strings.Contains(errb.String(), "SWITCHBOARD_MAX_CONNECTIONS") || strings.Count(errb.String(), "\n") != 1 {
+		t.Fatalf("want one line naming the variable, got %q", errb.String())
+	}
+}
+
+func TestVersionAndHelp(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"--version"}, &out, &errb); code != 0 || !strings.HasPrefix(out.String(), "switchboard ") {
+		t.Fatalf("--version: exit %d, out %q", code, out.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"--help"}, &out, &errb); code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	for _, flag := range []string{"-listen", "-max-connections", "-phones-per-server", "-max-message-bytes", "-phone-outbox-bytes", "-version"} {
+		if !strings.Contains(errb.String(), flag) {
+			t.Errorf("--help does not mention %s", flag)
+		}
+	}
+}
