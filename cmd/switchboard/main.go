@@ -27,6 +27,8 @@ func main() {
 
 type options struct {
 	listen  string
+	admin   string
+	pprof   bool
 	cfg     loop.Config
 	showVer bool
 	logLvl  string
@@ -69,6 +71,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "switchboard: listen: %v\n", err)
 		return 1
 	}
+	if opts.admin != "" {
+		addr, stop, err := serveAdmin(opts.admin, opts.pprof)
+		if err != nil {
+			fmt.Fprintf(stderr, "switchboard: admin listen: %v\n", err)
+			return 1
+		}
+		defer stop()
+		log.Info("admin listening", "addr", addr.String(), "pprof", opts.pprof)
+	}
 	cfg := srv.Config()
 	log.Info("listening", "addr", ln.Addr().String(), "version", version,
 		"max_connections", cfg.MaxConnections, "phones_per_server", cfg.PhonesPerServer,
@@ -109,6 +120,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.cfg.MaxRequestHeaderBytes, "max-request-header-bytes", loop.DefaultMaxRequestHeaderBytes, "largest HTTP request head; larger gets 431")
 	fs.DurationVar(&o.cfg.WriteTimeout, "write-timeout", loop.DefaultWriteTimeout, "how long a write to one peer may block before that peer is dropped")
 	fs.DurationVar(&o.cfg.CloseLinger, "close-linger", loop.DefaultCloseLinger, "how long a closed connection waits for the peer's close answer")
+	fs.StringVar(&o.admin, "admin-listen", "127.0.0.1:9090", "admin listener for operator endpoints (pprof); empty disables it")
+	fs.BoolVar(&o.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin listener")
 	fs.StringVar(&o.logLvl, "log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&o.showVer, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
