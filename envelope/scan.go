@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"bytes"
 	"errors"
 	"unicode/utf8"
 )
@@ -55,8 +56,11 @@ func (e *FromBinary) Scan(msg []byte) error {
 				return ErrInvalidJSON
 			}
 			keyEnd, _ := skipString(msg, keyStart)
-			key := msg[keyStart+1 : keyEnd-1]
-			end, ok := skipValue(msg, j)
+			var keyBuf [16]byte
+			key := decodeKey(msg[keyStart+1:keyEnd-1], &keyBuf)
+			// The object is itself one level deep, so its values may nest
+			// one level less than a whole message (as in encoding/json).
+			end, ok := skipValue(msg, j, MaxDepth-1)
 			if !ok {
 				return ErrInvalidJSON
 			}
@@ -155,28 +159,44 @@ func parseUint16(v []byte) (uint16, bool) {
 // real decodes to a value that matches no phone.
 func (e *FromBinary) unquote(v []byte) []byte {
 	inner := v[1 : len(v)-1]
-	esc := false
-	for _, c := range inner {
-		if c == '\\' {
-			esc = true
-			break
-		}
-	}
-	if !esc {
+	if bytes.IndexByte(inner, '\\') < 0 {
 		return inner
 	}
-	out := e.connIDBuf[:0]
-	for i := 0; i < len(inner); {
+	out, ok := unescape(e.connIDBuf[:0], inner)
+	if !ok {
+		return e.connIDBuf[:] // too long to name a phone
+	}
+	return out
+}
+
+// decodeKey returns the validated key body raw with its escapes decoded into
+// buf, since encoding/json matches decoded keys ("conn\u005fid" is conn_id).
+// A key too long to be one Scan knows decodes to nil.
+func decodeKey(raw []byte, buf *[16]byte) []byte {
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return raw
+	}
+	out, ok := unescape(buf[:0], raw)
+	if !ok {
+		return nil
+	}
+	return out
+}
+
+// unescape appends the validated string body s to out with its escapes
+// decoded, never growing out past its capacity: false when s does not fit.
+func unescape(out, s []byte) ([]byte, bool) {
+	for i := 0; i < len(s); {
 		if len(out)+utf8.UTFMax > cap(out) {
-			return e.connIDBuf[:] // too long to name a phone
+			return out, false
 		}
-		c := inner[i]
+		c := s[i]
 		if c != '\\' {
 			out = append(out, c)
 			i++
 			continue
 		}
-		switch inner[i+1] {
+		switch s[i+1] {
 		case 'b':
 			out = append(out, '\b')
 		case 'f':
@@ -188,16 +208,16 @@ func (e *FromBinary) unquote(v []byte) []byte {
 		case 't':
 			out = append(out, '\t')
 		case 'u':
-			r := rune(hexVal(inner[i+2])<<12 | hexVal(inner[i+3])<<8 | hexVal(inner[i+4])<<4 | hexVal(inner[i+5]))
+			r := rune(hexVal(s[i+2])<<12 | hexVal(s[i+3])<<8 | hexVal(s[i+4])<<4 | hexVal(s[i+5]))
 			out = utf8.AppendRune(out, r) // surrogates become U+FFFD: never part of a conn_id
 			i += 6
 			continue
 		default: // '"', '\\', '/'
-			out = append(out, inner[i+1])
+			out = append(out, s[i+1])
 		}
 		i += 2
 	}
-	return out
+	return out, true
 }
 
 func hexVal(c byte) int {

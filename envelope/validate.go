@@ -12,13 +12,14 @@ const MaxDepth = 10000
 // optionally surrounded by whitespace. It does not allocate.
 func Valid(b []byte) bool {
 	i := skipSpace(b, 0)
-	end, ok := skipValue(b, i)
+	end, ok := skipValue(b, i, MaxDepth)
 	return ok && skipSpace(b, end) == len(b)
 }
 
 // skipValue returns the index just past the JSON value starting at b[i],
-// validating everything inside it.
-func skipValue(b []byte, i int) (int, bool) {
+// validating everything inside it. The value may nest at most maxDepth
+// levels of arrays and objects (at most MaxDepth).
+func skipValue(b []byte, i, maxDepth int) (int, bool) {
 	var stack [MaxDepth/64 + 1]uint64 // bit set: this level is an object
 	depth := 0
 	for {
@@ -29,7 +30,7 @@ func skipValue(b []byte, i int) (int, bool) {
 		ok := true
 		switch c := b[i]; {
 		case c == '{' || c == '[':
-			if depth == MaxDepth {
+			if depth >= maxDepth {
 				return i, false
 			}
 			isObj := c == '{'

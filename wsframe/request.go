@@ -32,6 +32,9 @@ type Request struct {
 // HeaderEnd). It checks the request line and that every header line has a
 // name and a colon; values are looked up lazily with Header.
 func ParseRequest(head []byte, r *Request) error {
+	if !cleanHead(head) {
+		return ErrMalformedRequest
+	}
 	eol := bytes.Index(head, []byte("\r\n"))
 	if eol < 0 {
 		return ErrMalformedRequest
@@ -131,4 +134,23 @@ func trim(b []byte) []byte {
 		b = b[:len(b)-1]
 	}
 	return b
+}
+
+// cleanHead reports whether head holds no control bytes other than tabs and
+// CRLF line ends: a bare CR or LF inside a value is how requests get split
+// differently by a proxy and the server behind it.
+func cleanHead(head []byte) bool {
+	for i := 0; i < len(head); i++ {
+		switch c := head[i]; {
+		case c == '\r':
+			if i+1 >= len(head) || head[i+1] != '\n' {
+				return false
+			}
+			i++
+		case c == '\t':
+		case c < 0x20 || c == 0x7f:
+			return false
+		}
+	}
+	return true
 }
