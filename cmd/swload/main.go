@@ -1,0 +1,151 @@
+// Command swload is a load generator for Switchboard, or any relay that
+// speaks the pyrycode relay protocol (/v1/server for binaries, /v1/client
+// for phones). It plays both sides: echoing binaries, which send every
+// {"conn_id":…,"frame":…} envelope straight back (it is also a valid
+// binary→relay envelope), and phones, which send JSON frames and verify
+// every reply end to end.
+//
+// # Modes
+//
+//	--mode idle    --phones N phones (spread over binaries, --phones-per-binary each)
+//	               connect at --connect-rate per second; each sends one warm-up
+//	               frame that must come back; then all are held idle (reading, so
+//	               pings are answered) for --hold. The progress line shows how many
+//	               are still live.
+//	--mode active  --phones M phones keep --inflight W messages of --size S bytes
+//	               each in flight for --duration. Every reply is checked byte for
+//	               byte (phone id, sequence number and padding are rebuilt and
+//	               compared, so content, routing and per-phone order are all
+//	               verified) and its round trip timed.
+//	--mode churn   phones connect, send one frame, get the echo and close (with a
+//	               close handshake), repeatedly, at --connect-rate per second for
+//	               --duration, using at most --phones concurrent phone slots.
+//
+// Every phone frame is a JSON object of exactly --size bytes:
+// {"c":<phone id>,"p":"<padding>","s":<sequence>}.
+//
+// # Scale
+//
+// Sockets bind source addresses 127.0.0.2 … 127.0.0.(N+1) round-robin
+// (--source-ips N, default 8; only for an IPv4 loopback --addr), so churn and
+// large runs do not exhaust one address's ephemeral ports. A process may hold
+// 20,000 open files; --procs K re-executes swload K times as workers, each
+// driving an equal share of the phones (and the binaries those phones use),
+// so that each stays under ~19,000 sockets; --procs 0 picks K from --phones.
+// Workers report progress and their results (with whole latency histograms,
+// fixed log buckets, so the merge is exact) as JSON lines to the parent, which
+// prints the merged progress and summary. Workers connect, then wait for each
+// other before the window opens.
+//
+// # Output
+//
+// Every second (--progress) a line on stderr: phase, live phones, connects,
+// round trips per second, errors, connect failures. At the end a table on
+// stdout and one machine-readable line:
+//
+//	SWLOAD_RESULT {"mode":"active","phones":64,...,"throughput_per_s":…,"latency_us":{"p50":…,"p99":…,"p999":…},"errors":{},"connect_failures":{},…}
+//
+// with mode, phones, inflight, size, duration, round trips, throughput,
+// p50/p99/p99.9 latency in µs, errors by kind, connects and the connect rate
+// achieved, connect failures by kind (http_<status> for a refused upgrade,
+// close_<code> for a close right after the 101, dial_<error> otherwise), and
+// swload's own CPU time (getrusage, itself plus its workers): on a small
+// machine the generator competes with the relay, so subtract it from the
+// machine's total to get the relay's CPU per round trip.
+//
+// Exit status: 0 clean, 1 when anything failed (errors, connect failures,
+// --timeout, a worker lost), 2 for bad flags, 130 when interrupted.
+//
+// # Bounds
+//
+// Connects are bounded by --dial-timeout and --reply-timeout (warm-up echo),
+// the window by --hold or --duration, the end by --drain (outstanding replies,
+// then each close handshake), and the whole run by --timeout (derived from
+// the other flags when 0). SIGINT or SIGTERM ends the window early and winds
+// down the same way; a second one exits at once.
+//
+// # Examples
+//
+//	go build -o /tmp/swload ./cmd/swload
+//
+//	# 10,000 idle phones at 2,000 connects/s, held for a minute
+//	/tmp/swload --addr 127.0.0.1:8080 --mode idle --phones 10000 --connect-rate 2000 --hold 1m
+//
+//	# 100,000 idle phones: six worker processes (or --procs 0)
+//	/tmp/swload --mode idle --phones 100000 --procs 6 --connect-rate 5000 --hold 2m
+//
+//	# 256 phones, 16 messages in flight each, 1 KiB frames, 30 s
+//	/tmp/swload --mode active --phones 256 --inflight 16 --size 1024 --duration 30s
+//
+//	# connect/echo/close churn at 500 phones per second for 20 s
+//	/tmp/swload --mode churn --phones 64 --connect-rate 500 --duration 20s
+//
+//	# the goroutine-per-connection baseline relay, same load
+//	/tmp/swload --addr 127.0.0.1:8081 --mode active --phones 256 --inflight 16
+//
+//	# just the numbers
+//	/tmp/swload --mode active --phones 64 2>/dev/null | grep '^SWLOAD_RESULT ' | cut -d' ' -f2- | jq .throughput_per_s
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	cfg, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "swload: %v\n", err)
+		return 2
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	worker := cfg.WorkerIndex >= 0
+	go func() {
+		first := true
+		for range sig {
+			switch {
+			case first:
+				first = false
+				cancel()
+			case !worker:
+				// A second signal to the parent: stop waiting. Workers
+				// ignore repeats (the terminal and the parent may both
+				// forward one) and always finish their report.
+				fmt.Fprintln(stderr, "swload: interrupted again, exiting")
+				os.Exit(130)
+			}
+		}
+	}()
+	if worker {
+		return runWorker(ctx, cfg, stdin, stdout)
+	}
+	res, err := Run(ctx, cfg, stdout, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "swload: %v\n", err)
+		return 2
+	}
+	switch {
+	case res.ErrorCount() > 0 || res.WorkerFailures > 0 || res.TimedOut:
+		return 1
+	case res.Interrupted:
+		return 130
+	}
+	return 0
+}
