@@ -47,7 +47,7 @@ const (
 	DefaultMaxRequestHeaderBytes = 8192     // real clients send under 1 KiB; 8 KiB is net/http's order of magnitude for one line
 	DefaultWriteTimeout          = 10 * time.Second
 	DefaultCloseLinger           = 5 * time.Second // long enough for a phone on a slow link to answer a close frame
-	OutboxItemOverhead           = 64               // per-frame charge, as the reference relay counts its queue items
+	OutboxItemOverhead           = 64              // per-frame charge, as the reference relay counts its queue items
 )
 
 // Defaults fills zero fields with the protocol's values.

@@ -88,6 +88,7 @@ func (c *conn) handshake(data []byte) int {
 	c.serverID = string(serverID)
 	c.accept(key)
 	c.register(req.Header("X-Pyrycode-Device-Name"))
+	c.out.release() // only now may the 101 leave
 	return end
 }
 
@@ -116,7 +117,7 @@ func (c *conn) accept(key []byte) {
 	b.B = append(b.B, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
 	b.B = append(b.B, accept[:]...)
 	b.B = append(b.B, "\r\n\r\n"...)
-	c.out.push(b, controlSlack)
+	c.out.pushHeld(b) // written once register has decided: see handshake
 	c.srv.counters.UpgradesAccepted.Add(1)
 }
 
@@ -150,7 +151,10 @@ func (c *conn) register(deviceName []byte) {
 
 // refuse closes an upgraded connection the registry turned away.
 func (c *conn) refuse(err error) {
-	c.readDone = true
+	// Input stays parsed (readDone is not set): the stream is in sync, data
+	// frames are ignored because the connection is closing, and the peer's
+	// answering close frame ends the connection at once instead of holding a
+	// connection slot until CloseLinger.
 	c.serverID = "" // holds nothing: the close callback must not release it
 	switch {
 	case errors.Is(err, registry.ErrClaimed):

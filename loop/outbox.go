@@ -125,6 +125,23 @@ func (o *outbox) enqueueLocked(b *bytebufferpool.ByteBuffer, cost int) {
 	}
 }
 
+// pushHeld queues b (the 101) without starting the writer: frames other
+// goroutines push meanwhile queue behind it and start no writer either, and
+// nothing is written until release. The handshake uses it so the registry
+// decision is made before the 101 can reach the client.
+func (o *outbox) pushHeld(b *bytebufferpool.ByteBuffer) {
+	cost := len(b.B) + OutboxItemOverhead
+	o.mu.Lock()
+	o.queue = append(o.queue, b)
+	o.charged += cost
+	o.running = true // the writer release starts
+	o.mu.Unlock()
+	o.c.srv.counters.OutboxBytesQueued.Add(int64(cost))
+}
+
+// release starts the writer held by pushHeld.
+func (o *outbox) release() { go o.run() }
+
 // drain is the writer: it takes the whole queue, writes it with one flush,
 // and repeats until the queue is empty.
 func (o *outbox) drain() {
@@ -195,9 +212,14 @@ func (o *outbox) finish() {
 		_ = nc.Close()
 		return
 	}
-	if fc, ok := nc.(interface{ Fd() int }); ok {
+	// Under wmu and only while the socket is ours: once the close callback
+	// has run, netpoll closes the descriptor and its number may already
+	// belong to a new connection.
+	o.wmu.Lock()
+	if fc, ok := nc.(interface{ Fd() int }); ok && !o.wclosed {
 		_ = syscall.Shutdown(fc.Fd(), syscall.SHUT_WR)
 	}
+	o.wmu.Unlock()
 	o.c.lingerTimer(o.c.srv.cfg.CloseLinger)
 }
 

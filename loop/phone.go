@@ -12,13 +12,13 @@ import (
 // spliced verbatim, so validation is what stops a phone forging a conn_id.
 func (c *conn) phoneMessage(msg []byte) {
 	if !envelope.Valid(msg) {
-		c.endRead(CloseNotJSON, 1000, "")
+		c.endInSync(CloseNotJSON, 1000, "")
 		return
 	}
 	b, ok := c.srv.reg.Binary(c.serverID)
 	if !ok || b != c.binary {
 		c.srv.counters.Drops[DropBinaryGone].Add(1)
-		c.endRead(CloseBinaryGone, 1000, "")
+		c.endInSync(CloseBinaryGone, 1000, "")
 		return
 	}
 	buf := framePool.Get()
@@ -32,10 +32,10 @@ func (c *conn) phoneMessage(msg []byte) {
 		// so this phone ends (it may redial); the binary and its other phones
 		// are untouched.
 		c.srv.counters.Drops[DropBinaryBacklog].Add(1)
-		c.endRead(CloseBinaryBacklog, 1011, "binary backlog full")
+		c.endInSync(CloseBinaryBacklog, 1011, "binary backlog full")
 	case pushClosed:
 		c.srv.counters.Drops[DropBinaryGone].Add(1)
-		c.endRead(CloseBinaryGone, 1000, "")
+		c.endInSync(CloseBinaryGone, 1000, "")
 	}
 }
 

@@ -131,6 +131,15 @@ func (c *conn) endRead(why CloseReason, code uint16, reason string) {
 	c.leave()
 }
 
+// endInSync is endRead for a close decided on a whole message, with the
+// stream still frame-aligned: input stays parsed (data is ignored once
+// closing), so the peer's answering close frame ends the connection at once
+// instead of holding it until CloseLinger.
+func (c *conn) endInSync(why CloseReason, code uint16, reason string) {
+	c.closeWith(why, code, reason, false)
+	c.leave()
+}
+
 // frame handles one complete, unmasked frame.
 func (c *conn) frame(h ws.Header, payload []byte) {
 	switch {

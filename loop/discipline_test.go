@@ -1,0 +1,909 @@
+package loop_test
+
+// Event-loop discipline over real loopback sockets: idle and slow
+// connections cost the relay no goroutines, a slow peer never stalls
+// anyone else, and the budgets that bound memory hold under floods.
+//
+// The goroutine tests count runtime.NumGoroutine() in this process, which
+// includes the test's own clients, so their clients are syncClients: plain
+// net.Conns driven synchronously, with no goroutine per connection.
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha1"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"switchboard/loop"
+)
+
+// ---- a synchronous WebSocket client with no goroutine of its own ----------
+
+// syncClient is a WebSocket client on a plain net.Conn: the handshake is
+// written by hand, frames are masked by hand, and server frames are read
+// only when the test asks, under a read deadline.
+type syncClient struct {
+	nc net.Conn
+	br *bufio.Reader
+}
+
+// syncSrcCounter spreads client sockets over 127.0.0.2 … 127.0.0.9 so thousands
+// of connections (plus TIME_WAIT from earlier runs) cannot exhaust the
+// ephemeral ports of one source address.
+var syncSrcCounter atomic.Uint32
+
+func syncDialTCP(addr string) (net.Conn, error) {
+	n := syncSrcCounter.Add(1)
+	d := net.Dialer{
+		Timeout:   testTimeout,
+		LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+n%8))},
+	}
+	return d.Dial("tcp", addr)
+}
+
+// upgradeHead is the upgrade request a client of this role sends.
+func upgradeHead(path, serverID, key string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: relay.test\r\n", path)
+	b.WriteString("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n")
+	fmt.Fprintf(&b, "Sec-WebSocket-Key: %s\r\n", key)
+	fmt.Fprintf(&b, "X-Pyrycode-Server: %s\r\n", serverID)
+	if path == "/v1/server" {
+		b.WriteString("X-Pyrycode-Version: 2\r\nUser-Agent: pyry-raw/1\r\n")
+	} else {
+		b.WriteString("X-Pyrycode-Token: secret-token-123\r\nUser-Agent: phone-raw/1\r\n")
+	}
+	b.WriteString("\r\n")
+	return b.String()
+}
+
+func newWSKey() string {
+	var k [16]byte
+	_, _ = rand.Read(k[:])
+	return base64.StdEncoding.EncodeToString(k[:])
+}
+
+func wsAcceptFor(key string) string {
+	h := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	return base64.StdEncoding.EncodeToString(h[:])
+}
+
+// syncUpgrade dials addr, upgrades on path for serverID and checks the 101.
+// It reports errors rather than failing the test so worker goroutines can
+// use it.
+func syncUpgrade(addr, path, serverID string) (*syncClient, error) {
+	nc, err := syncDialTCP(addr)
+	if err != nil {
+		return nil, err
+	}
+	c := &syncClient{nc: nc, br: bufio.NewReaderSize(nc, 512)}
+	key := newWSKey()
+	if _, err := io.WriteString(nc, upgradeHead(path, serverID, key)); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if err := c.readUpgrade(key); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// readUpgrade reads the response head and checks it is a valid 101 for key.
+func (c *syncClient) readUpgrade(key string) error {
+	_ = c.nc.SetReadDeadline(time.Now().Add(testTimeout))
+	defer c.nc.SetReadDeadline(time.Time{})
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return fmt.Errorf("reading 101: %w", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		return fmt.Errorf("upgrade answered %d", resp.StatusCode)
+	}
+	if got, want := resp.Header.Get("Sec-WebSocket-Accept"), wsAcceptFor(key); got != want {
+		return fmt.Errorf("Sec-WebSocket-Accept %q, want %q", got, want)
+	}
+	return nil
+}
+
+// appendMaskedFrame appends one final client frame (masked, as RFC 6455 requires).
+func appendMaskedFrame(dst []byte, op byte, payload []byte) []byte {
+	dst = append(dst, 0x80|op)
+	switch n := len(payload); {
+	case n < 126:
+		dst = append(dst, 0x80|byte(n))
+	case n <= 0xffff:
+		dst = append(dst, 0x80|126)
+		dst = binary.BigEndian.AppendUint16(dst, uint16(n))
+	default:
+		dst = append(dst, 0x80|127)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
+	}
+	var mask [4]byte
+	_, _ = rand.Read(mask[:])
+	dst = append(dst, mask[:]...)
+	for i, b := range payload {
+		dst = append(dst, b^mask[i&3])
+	}
+	return dst
+}
+
+func (c *syncClient) writeText(payload string) error {
+	_, err := c.nc.Write(appendMaskedFrame(nil, 0x1, []byte(payload)))
+	return err
+}
+
+// readFrame reads one server frame within d.
+func (c *syncClient) readFrame(d time.Duration) (op byte, payload []byte, err error) {
+	_ = c.nc.SetReadDeadline(time.Now().Add(d))
+	defer c.nc.SetReadDeadline(time.Time{})
+	var h [2]byte
+	if _, err := io.ReadFull(c.br, h[:]); err != nil {
+		return 0, nil, err
+	}
+	if h[1]&0x80 != 0 {
+		return 0, nil, errors.New("server frame is masked")
+	}
+	if h[0]&0x80 == 0 {
+		return 0, nil, errors.New("server sent a fragmented frame")
+	}
+	n := uint64(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var ext [2]byte
+		if _, err := io.ReadFull(c.br, ext[:]); err != nil {
+			return 0, nil, err
+		}
+		n = uint64(binary.BigEndian.Uint16(ext[:]))
+	case 127:
+		var ext [8]byte
+		if _, err := io.ReadFull(c.br, ext[:]); err != nil {
+			return 0, nil, err
+		}
+		n = binary.BigEndian.Uint64(ext[:])
+	}
+	payload = make([]byte, n)
+	if _, err := io.ReadFull(c.br, payload); err != nil {
+		return 0, nil, err
+	}
+	return h[0] & 0x0f, payload, nil
+}
+
+// readText reads one text frame, failing on anything else.
+func (c *syncClient) readText() ([]byte, error) {
+	op, p, err := c.readFrame(testTimeout)
+	if err != nil {
+		return nil, err
+	}
+	if op != 0x1 {
+		return nil, fmt.Errorf("expected a text frame, got opcode %d (%q)", op, p)
+	}
+	return p, nil
+}
+
+// envelopeConnID returns the conn_id at the start of a relay envelope.
+func envelopeConnID(env []byte) (string, error) {
+	const head = `{"conn_id":"`
+	s := string(env)
+	if !strings.HasPrefix(s, head) {
+		return "", fmt.Errorf("not an envelope: %s", s)
+	}
+	end := strings.IndexByte(s[len(head):], '"')
+	if end < 0 {
+		return "", fmt.Errorf("not an envelope: %s", s)
+	}
+	return s[len(head) : len(head)+end], nil
+}
+
+// syncGroup dials one raw binary and phones raw phones of serverID; every
+// phone sends one frame and the binary must receive all of them, so each
+// connection has carried traffic before it goes idle.
+func syncGroup(addr, serverID string, phones int) ([]*syncClient, error) {
+	b, err := syncUpgrade(addr, "/v1/server", serverID)
+	if err != nil {
+		return nil, fmt.Errorf("binary %s: %w", serverID, err)
+	}
+	all := []*syncClient{b}
+	fail := func(err error) ([]*syncClient, error) {
+		for _, c := range all {
+			c.nc.Close()
+		}
+		return nil, err
+	}
+	for i := range phones {
+		p, err := syncUpgrade(addr, "/v1/client", serverID)
+		if err != nil {
+			return fail(fmt.Errorf("phone %d of %s: %w", i, serverID, err))
+		}
+		all = append(all, p)
+		if err := p.writeText(fmt.Sprintf(`{"phone":%d}`, i)); err != nil {
+			return fail(err)
+		}
+	}
+	seen := make(map[string]bool, phones)
+	for range phones {
+		env, err := b.readText()
+		if err != nil {
+			return fail(fmt.Errorf("binary %s reading envelopes: %w", serverID, err))
+		}
+		id, err := envelopeConnID(env)
+		if err != nil {
+			return fail(err)
+		}
+		seen[id] = true
+	}
+	if len(seen) != phones {
+		return fail(fmt.Errorf("binary %s saw %d distinct phones, want %d", serverID, len(seen), phones))
+	}
+	return all, nil
+}
+
+// syncGroups opens groups of one binary and phonesEach phones with a few
+// workers that have all exited when it returns. Every connection is closed
+// at the end of the test.
+func syncGroups(t *testing.T, addr, prefix string, groups, phonesEach int) []*syncClient {
+	t.Helper()
+	const workers = 8
+	var (
+		mu    sync.Mutex
+		conns []*syncClient
+		errs  []error
+		next  atomic.Int64
+		wg    sync.WaitGroup
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				g := int(next.Add(1)) - 1
+				if g >= groups {
+					return
+				}
+				cs, err := syncGroup(addr, fmt.Sprintf("%s-%d", prefix, g), phonesEach)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err)
+				}
+				conns = append(conns, cs...)
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	closeSyncAtEnd(t, conns)
+	if len(errs) > 0 {
+		t.Fatalf("opening %s connections: %v (and %d more errors)", prefix, errs[0], len(errs)-1)
+	}
+	return conns
+}
+
+func closeSyncAtEnd(t *testing.T, conns []*syncClient) {
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.nc.Close()
+		}
+	})
+}
+
+// stableGoroutines polls runtime.NumGoroutine until it returns the same value
+// for several consecutive samples: transient writer tasks, read tasks and
+// timer callbacks have finished.
+func stableGoroutines(t *testing.T) int {
+	t.Helper()
+	const want = 10
+	deadline := time.Now().Add(testTimeout)
+	last, same := -1, 0
+	for {
+		n := runtime.NumGoroutine()
+		if n == last {
+			same++
+			if same >= want {
+				return n
+			}
+		} else {
+			last, same = n, 0
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutine count never settled (last %d)", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitLong is waitFor with its own deadline, for floods whose pace depends on
+// the machine's load; on timeout it reports the relay's counters.
+func waitLong(t *testing.T, r *relay, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s; relay: %s", d, what, counterSummary(r))
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// counterSummary lists the relay's non-zero counters, for failure messages.
+func counterSummary(r *relay) string {
+	c := r.Counters()
+	var b strings.Builder
+	fmt.Fprintf(&b, "live=%d phones=%d binaries=%d phone_to_binary=%d binary_to_phone=%d queued=%d staged=%d",
+		r.Live(), r.Phones(), r.Binaries(), c.PhoneToBinary.Load(), c.BinaryToPhone.Load(),
+		c.OutboxBytesQueued.Load(), c.StagedBytes.Load())
+	for i := range c.Drops {
+		if n := c.Drops[i].Load(); n > 0 {
+			fmt.Fprintf(&b, " drop[%s]=%d", loop.DropReason(i), n)
+		}
+	}
+	for i := range c.Closes {
+		if n := c.Closes[i].Load(); n > 0 {
+			fmt.Fprintf(&b, " close[%s]=%d", loop.CloseReason(i), n)
+		}
+	}
+	return b.String()
+}
+
+// ---- gorilla pairs for latency probes ---------------------------------------
+
+// rtPair is a binary and one phone of a server-id, both gorilla peers with
+// read loops, used to prove routing keeps flowing.
+type rtPair struct {
+	binary, phone *peer
+	connID        string
+}
+
+func newRTPair(t *testing.T, r *relay, serverID string) *rtPair {
+	t.Helper()
+	b := r.binary(t, serverID)
+	p := r.phone(t, serverID)
+	return &rtPair{binary: b, phone: p, connID: connIDOf(t, p, b)}
+}
+
+// roundTrip sends one frame phone → binary → phone and returns its latency.
+func (pr *rtPair) roundTrip(t *testing.T, seq int) time.Duration {
+	t.Helper()
+	start := time.Now()
+	pr.phone.send(t, fmt.Sprintf(`{"seq":%d}`, seq))
+	want := fmt.Sprintf(`{"conn_id":%q,"frame":{"seq":%d}}`, pr.connID, seq)
+	if got := string(pr.binary.next(t)); got != want {
+		t.Fatalf("binary got %s, want %s", got, want)
+	}
+	pr.binary.send(t, fmt.Sprintf(`{"conn_id":%q,"frame":{"echo":%d}}`, pr.connID, seq))
+	if got, want := string(pr.phone.next(t)), fmt.Sprintf(`{"echo":%d}`, seq); got != want {
+		t.Fatalf("phone got %s, want %s", got, want)
+	}
+	return time.Since(start)
+}
+
+// roundTrips runs n round trips spread over pairs and returns the sorted
+// latencies.
+func roundTrips(t *testing.T, pairs []*rtPair, n int) []time.Duration {
+	t.Helper()
+	lat := make([]time.Duration, n)
+	for i := range n {
+		lat[i] = pairs[i%len(pairs)].roundTrip(t, i)
+	}
+	slices.Sort(lat)
+	return lat
+}
+
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	return sorted[int(float64(len(sorted)-1)*p)]
+}
+
+// ---- the tests ---------------------------------------------------------------
+
+func TestGoroutinesFlatWithIdleConnections(t *testing.T) {
+	r := startRelay(t, loop.Config{})
+
+	// 100 idle connections: 10 binaries with 9 phones each.
+	syncGroups(t, r.addr, "idle-a", 10, 9)
+	waitFor(t, "first 100 registered", func() bool { return r.Live() == 100 })
+	before := stableGoroutines(t)
+
+	// 4,000 more: 250 binaries with 15 phones each, every phone having sent
+	// one frame its binary received.
+	syncGroups(t, r.addr, "idle-b", 250, 15)
+	waitFor(t, "4,100 registered", func() bool { return r.Live() == 4100 })
+	if got := r.Phones(); got != 10*9+250*15 {
+		t.Fatalf("%d phones registered, want %d", got, 10*9+250*15)
+	}
+	after := stableGoroutines(t)
+
+	t.Logf("goroutines: %d with 100 idle connections, %d with 4,100 (diff %d)", before, after, after-before)
+	if after-before > 20 {
+		t.Fatalf("goroutines grew by %d for 4,000 idle connections (from %d to %d)", after-before, before, after)
+	}
+	if n := r.Counters().OutboxBytesQueued.Load(); n != 0 {
+		t.Fatalf("idle relay has %d bytes queued", n)
+	}
+	if n := r.Counters().StagedBytes.Load(); n != 0 {
+		t.Fatalf("idle relay has %d bytes staged", n)
+	}
+}
+
+func TestSlowlorisClientsDoNotHurtOthers(t *testing.T) {
+	r := startRelay(t, loop.Config{})
+
+	pairs := make([]*rtPair, 4)
+	for i := range pairs {
+		pairs[i] = newRTPair(t, r, fmt.Sprintf("norm-%d", i))
+	}
+	baseline := roundTrips(t, pairs, 200)
+	before := stableGoroutines(t)
+
+	// The slow clients' server-ids: 50 raw binaries, 10 slow phones each.
+	const servers, halfFrames, halfHeads = 50, 500, 500
+	bins := make([]*syncClient, servers) // bins[k] holds slow-k
+	for k := range bins {
+		b, err := syncUpgrade(r.addr, "/v1/server", fmt.Sprintf("slow-%d", k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bins[k] = b
+	}
+	closeSyncAtEnd(t, bins)
+
+	var mu sync.Mutex
+	var slow []*syncClient // every slow client, closed at the end
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range slow {
+			c.nc.Close()
+		}
+	})
+	add := func(c *syncClient) {
+		mu.Lock()
+		slow = append(slow, c)
+		mu.Unlock()
+	}
+
+	// 500 phones that complete the upgrade, then send the header of a frame
+	// promising 100 bytes of payload and only 10 of them.
+	full := make([][]byte, halfFrames)
+	halfFrameConns := make([]*syncClient, halfFrames)
+	var staged int64
+	for i := range halfFrames {
+		body := fmt.Sprintf(`{"n":%d,"pad":"`, i)
+		body += strings.Repeat("x", 100-len(body)-2) + `"}`
+		full[i] = appendMaskedFrame(nil, 0x1, []byte(body))
+		staged += int64(len(full[i]) - 90) // header (6 bytes) + 10 payload bytes
+	}
+	// 500 connections that stop halfway through their request head.
+	heads := make([]string, halfHeads)
+	for i := range heads {
+		heads[i] = upgradeHead("/v1/client", fmt.Sprintf("slow-%d", i%servers), newWSKey())
+		staged += int64(len(heads[i]) / 2)
+	}
+	headConns := make([]*syncClient, halfHeads)
+
+	var wg sync.WaitGroup
+	var errCount atomic.Int64
+	var firstErr atomic.Value
+	fail := func(err error) {
+		if errCount.Add(1) == 1 {
+			firstErr.Store(err)
+		}
+	}
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < halfFrames; i += 8 {
+				c, err := syncUpgrade(r.addr, "/v1/client", fmt.Sprintf("slow-%d", i%servers))
+				if err != nil {
+					fail(err)
+					continue
+				}
+				add(c)
+				if _, err := c.nc.Write(full[i][:len(full[i])-90]); err != nil {
+					fail(err)
+				}
+				halfFrameConns[i] = c
+			}
+			for i := w; i < halfHeads; i += 8 {
+				nc, err := syncDialTCP(r.addr)
+				if err != nil {
+					fail(err)
+					continue
+				}
+				c := &syncClient{nc: nc, br: bufio.NewReaderSize(nc, 512)}
+				add(c)
+				if _, err := io.WriteString(nc, heads[i][:len(heads[i])/2]); err != nil {
+					fail(err)
+				}
+				headConns[i] = c
+			}
+		}()
+	}
+	wg.Wait()
+	if n := errCount.Load(); n > 0 {
+		t.Fatalf("%d slow clients failed: %v", n, firstErr.Load())
+	}
+	waitFor(t, "half frames and heads staged", func() bool { return r.Counters().StagedBytes.Load() == staged })
+	if got := r.Phones(); got != 4+halfFrames {
+		t.Fatalf("%d phones registered, want %d", got, 4+halfFrames)
+	}
+
+	after := stableGoroutines(t)
+	t.Logf("goroutines: %d before, %d with %d slow clients and %d more binaries (diff %d); staged %d bytes",
+		before, after, halfFrames+halfHeads, servers, after-before, staged)
+	if after-before > 20 {
+		t.Fatalf("goroutines grew by %d for 1,000 slow clients (from %d to %d)", after-before, before, after)
+	}
+
+	during := roundTrips(t, pairs, 200)
+	t.Logf("round trips: before p50 %v p99 %v; during p50 %v p99 %v",
+		percentile(baseline, .5), percentile(baseline, .99), percentile(during, .5), percentile(during, .99))
+	if p99 := percentile(during, .99); p99 > 200*time.Millisecond {
+		t.Fatalf("round-trip p99 %v with slow clients connected (baseline p50 %v)", p99, percentile(baseline, .5))
+	}
+	if got := r.Counters().StagedBytes.Load(); got != staged {
+		t.Fatalf("staged bytes %d after normal traffic, want %d", got, staged)
+	}
+
+	// The partial frames complete correctly when the rest arrives, even much
+	// later and in two writes.
+	for i := range 5 {
+		c := halfFrameConns[i]
+		rest := full[i][len(full[i])-90:]
+		if _, err := c.nc.Write(rest[:40]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.nc.Write(rest[40:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		payload := make([]byte, 100)
+		copy(payload, full[i][6:])
+		mask := full[i][2:6]
+		for j := range payload {
+			payload[j] ^= mask[j&3]
+		}
+		env, err := bins[i%servers].readText()
+		if err != nil {
+			t.Fatalf("binary of completed frame %d: %v", i, err)
+		}
+		if !strings.HasSuffix(string(env), `","frame":`+string(payload)+`}`) {
+			t.Fatalf("binary got %s, want frame %s", env, payload)
+		}
+	}
+	staged -= 5 * 16
+	waitFor(t, "completed frames unstaged", func() bool { return r.Counters().StagedBytes.Load() == staged })
+
+	// The half heads complete into working phones too.
+	for i := range 3 {
+		c := headConns[i]
+		if _, err := io.WriteString(c.nc, heads[i][len(heads[i])/2:]); err != nil {
+			t.Fatal(err)
+		}
+		key := heads[i][strings.Index(heads[i], "Sec-WebSocket-Key: ")+len("Sec-WebSocket-Key: "):]
+		key = key[:strings.Index(key, "\r\n")]
+		if err := c.readUpgrade(key); err != nil {
+			t.Fatalf("completed head %d: %v", i, err)
+		}
+		if err := c.writeText(fmt.Sprintf(`{"late":%d}`, i)); err != nil {
+			t.Fatal(err)
+		}
+		env, err := bins[i%servers].readText()
+		if err != nil {
+			t.Fatalf("binary of completed head %d: %v", i, err)
+		}
+		if want := fmt.Sprintf(`,"frame":{"late":%d}}`, i); !strings.HasSuffix(string(env), want) {
+			t.Fatalf("binary got %s, want frame %s", env, want)
+		}
+		staged -= int64(len(heads[i]) / 2)
+	}
+	waitFor(t, "completed heads unstaged", func() bool { return r.Counters().StagedBytes.Load() == staged })
+	if got := r.Counters().Drop(loop.DropBinaryGone) + r.Counters().Close(loop.CloseProtocol); got != 0 {
+		t.Fatalf("unexpected drops/protocol closes: %d", got)
+	}
+}
+
+func TestSlowPhoneDoesNotStallBinary(t *testing.T) {
+	r := startRelay(t, loop.Config{
+		MaxMessageBytes:  64 << 10,
+		PhoneOutboxBytes: 256 << 10,
+		WriteTimeout:     500 * time.Millisecond,
+		CloseLinger:      500 * time.Millisecond,
+	})
+	b := r.binary(t, "flood")
+	fast := r.phone(t, "flood")
+	fastID := connIDOf(t, fast, b)
+
+	slow, err := syncUpgrade(r.addr, "/v1/client", "flood")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeSyncAtEnd(t, []*syncClient{slow})
+	if err := slow.writeText(`{"slow":true}`); err != nil {
+		t.Fatal(err)
+	}
+	slowID, err := envelopeConnID(b.next(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// From here the slow phone never reads its socket.
+
+	// The fast phone's frames are collected as they come, so it keeps reading.
+	var (
+		fmu     sync.Mutex
+		fastGot []string
+		fastErr error
+	)
+	go func() {
+		for ev := range fast.events {
+			fmu.Lock()
+			if ev.err != nil {
+				fastErr = ev.err
+			} else {
+				fastGot = append(fastGot, string(ev.data))
+			}
+			fmu.Unlock()
+		}
+	}()
+
+	filler := strings.Repeat("s", 8<<10)
+	slowFrame := fmt.Sprintf(`{"conn_id":%q,"frame":"%s"}`, slowID, filler)
+	fastN := 0
+	sendFast := func() {
+		b.send(t, fmt.Sprintf(`{"conn_id":%q,"frame":{"seq":%d}}`, fastID, fastN))
+		fastN++
+	}
+	overflowAt := -1
+	for i := 0; i < 8192; i++ { // at most 64 MiB towards the slow phone
+		b.send(t, slowFrame)
+		if i%4 == 0 {
+			sendFast()
+		}
+		if overflowAt < 0 && r.Counters().Drop(loop.DropPhoneBacklog) > 0 {
+			overflowAt = i
+		}
+		if overflowAt >= 0 && i >= overflowAt+200 {
+			break
+		}
+	}
+	if overflowAt < 0 {
+		t.Fatalf("64 MiB towards a phone that never reads did not overflow its %d-byte budget; relay: %s", r.Config().PhoneOutboxBytes, counterSummary(r))
+	}
+	for range 50 {
+		sendFast()
+	}
+
+	// The binary learns the slow phone is gone; nothing else reaches it.
+	want := fmt.Sprintf(`{"conn_id":%q,"close_code":1001}`, slowID)
+	if got := string(b.next(t)); got != want {
+		t.Fatalf("binary got %s, want %s", got, want)
+	}
+
+	waitFor(t, "every fast frame", func() bool {
+		fmu.Lock()
+		defer fmu.Unlock()
+		return len(fastGot) >= fastN || fastErr != nil
+	})
+	fmu.Lock()
+	got, ferr := slices.Clone(fastGot), fastErr
+	fmu.Unlock()
+	if ferr != nil {
+		t.Fatalf("fast phone ended after %d of %d frames: %v", len(got), fastN, ferr)
+	}
+	if len(got) != fastN {
+		t.Fatalf("fast phone got %d frames, want %d", len(got), fastN)
+	}
+	for i, g := range got {
+		if want := fmt.Sprintf(`{"seq":%d}`, i); g != want {
+			t.Fatalf("fast phone frame %d is %s, want %s", i, g, want)
+		}
+	}
+	t.Logf("slow phone overflowed after %d frames of 8 KiB; fast phone got all %d frames in order", overflowAt+1, fastN)
+
+	c := r.Counters()
+	if c.Drop(loop.DropPhoneBacklog) == 0 {
+		t.Fatal("no phone_backlog_full drop counted")
+	}
+	if got := c.Close(loop.ClosePhoneBacklog); got != 1 {
+		t.Fatalf("%d phone_backlog_full closes, want 1", got)
+	}
+	waitFor(t, "slow phone gone", func() bool { return r.Phones() == 1 && r.Live() == 2 })
+	waitFor(t, "slow phone's queue freed", func() bool { return c.OutboxBytesQueued.Load() == 0 })
+
+	// The binary and the fast phone are still fine.
+	b.send(t, fmt.Sprintf(`{"conn_id":%q,"frame":"still here"}`, fastID))
+	waitFor(t, "fast phone still served", func() bool {
+		fmu.Lock()
+		defer fmu.Unlock()
+		return len(fastGot) == fastN+1 && fastGot[fastN] == `"still here"`
+	})
+}
+
+func TestSlowBinaryBoundsMemory(t *testing.T) {
+	const budget = 1 << 20
+	r := startRelay(t, loop.Config{
+		BinaryOutboxBytes: budget,
+		// Long enough that the stuck binary is not dropped for a write
+		// timeout during the test: its phones must meet the budget instead.
+		WriteTimeout: 30 * time.Second,
+		// The closed phones answer the close frame: that, not a timer, must
+		// end their connections.
+		CloseLinger: time.Hour,
+	})
+	others := []*rtPair{newRTPair(t, r, "other-0"), newRTPair(t, r, "other-1")}
+
+	slowBin, err := syncUpgrade(r.addr, "/v1/server", "stuck")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeSyncAtEnd(t, []*syncClient{slowBin})
+	// From here the binary never reads its socket.
+
+	const phones = 16
+	ps := make([]*peer, phones)
+	for i := range ps {
+		ps[i] = r.phone(t, "stuck")
+	}
+
+	// Sample the relay's queued bytes throughout.
+	var maxQueued atomic.Int64
+	sampling := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for {
+			if n := r.Counters().OutboxBytesQueued.Load(); n > maxQueued.Load() {
+				maxQueued.Store(n)
+			}
+			select {
+			case <-sampling:
+				return
+			case <-time.After(100 * time.Microsecond):
+			}
+		}
+	}()
+
+	type closeResult struct {
+		code   int
+		reason string
+	}
+	closes := make(chan closeResult, phones)
+	var wg sync.WaitGroup
+	frame := []byte(fmt.Sprintf(`{"flood":"%s"}`, strings.Repeat("f", 4<<10)))
+	for _, p := range ps {
+		wg.Add(2)
+		go func() { // flood until the relay closes this phone
+			defer wg.Done()
+			for p.conn.WriteMessage(websocket.TextMessage, frame) == nil {
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			res := closeResult{code: -1}
+			for ev := range p.events {
+				if ev.err == nil {
+					continue
+				}
+				var ce *websocket.CloseError
+				if errors.As(ev.err, &ce) {
+					res = closeResult{ce.Code, ce.Text}
+				} else {
+					res.reason = ev.err.Error()
+				}
+				break
+			}
+			closes <- res
+		}()
+	}
+
+	// Meanwhile other server-ids keep round-tripping.
+	// ~1.4 MB of envelopes (the budget plus socket buffers) fill it; allow
+	// for a loaded machine under -race.
+	waitLong(t, r, 30*time.Second, "first binary_backlog_full", func() bool { return r.Counters().Drop(loop.DropBinaryBacklog) > 0 })
+	lat := roundTrips(t, others, 50)
+	got := 0
+	deadline := time.After(20 * time.Second)
+	for got < phones {
+		select {
+		case res := <-closes:
+			if res.code != 1011 || res.reason != "binary backlog full" {
+				t.Fatalf("flooding phone closed with %d %q, want 1011 %q", res.code, res.reason, "binary backlog full")
+			}
+			got++
+		case <-deadline:
+			t.Fatalf("only %d of %d flooding phones closed; relay: %s", got, phones, counterSummary(r))
+		}
+	}
+	wg.Wait()
+	lat = append(lat, roundTrips(t, others, 50)...)
+	close(sampling)
+	<-sampled
+	slices.Sort(lat)
+
+	c := r.Counters()
+	limit := int64(budget + 128<<10) // budget + close-notice slack + the other pairs' traffic
+	t.Logf("max outbox bytes queued %d (budget %d); other pairs' round trips p50 %v p99 %v",
+		maxQueued.Load(), budget, percentile(lat, .5), percentile(lat, .99))
+	if maxQueued.Load() > limit {
+		t.Fatalf("outboxes held %d bytes, budget %d", maxQueued.Load(), budget)
+	}
+	if n := c.OutboxBytesQueued.Load(); n > limit {
+		t.Fatalf("outboxes hold %d bytes after the flood", n)
+	}
+	if got := c.Close(loop.CloseBinaryBacklog); got != phones {
+		t.Fatalf("%d binary_backlog_full closes, want %d", got, phones)
+	}
+	if got := c.Drop(loop.DropBinaryBacklog); got < phones {
+		t.Fatalf("%d binary_backlog_full drops, want at least %d", got, phones)
+	}
+	// The stuck binary still holds its slot and is not closed by its phones'
+	// floods.
+	if got := c.Close(loop.CloseWriteFailed); got != 0 {
+		t.Fatalf("%d write failures", got)
+	}
+	waitFor(t, "flooding phones detached", func() bool { return r.Phones() == 2 })
+	waitFor(t, "flooding phones' connections ended on their close answers", func() bool { return r.Live() == 5 })
+	if got := r.Binaries(); got != 3 {
+		t.Fatalf("%d binaries, want 3", got)
+	}
+}
+
+func TestBurstToOnePhoneInOrder(t *testing.T) {
+	r := startRelay(t, loop.Config{})
+	b, err := syncUpgrade(r.addr, "/v1/server", "burst")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closeSyncAtEnd(t, []*syncClient{b})
+	p := r.phone(t, "burst")
+	p.send(t, `{"hi":1}`)
+	env, err := b.readText()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := envelopeConnID(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// 500 envelopes in one write: the relay sees them in as few reads as the
+	// kernel delivers and must route each, in order.
+	const n = 500
+	var burst []byte
+	for i := range n {
+		burst = appendMaskedFrame(burst, 0x1, fmt.Appendf(nil, `{"conn_id":%q,"frame":{"i":%d}}`, id, i))
+	}
+	if _, err := b.nc.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		if got, want := p.next(t), fmt.Appendf(nil, `{"i":%d}`, i); !bytes.Equal(got, want) {
+			t.Fatalf("frame %d: got %s, want %s", i, got, want)
+		}
+	}
+	if got := r.Counters().BinaryToPhone.Load(); got != n {
+		t.Fatalf("BinaryToPhone %d, want %d", got, n)
+	}
+	if got := r.Counters().Drop(loop.DropPhoneBacklog) + r.Counters().Drop(loop.DropPhoneClosing); got != 0 {
+		t.Fatalf("%d frames dropped", got)
+	}
+}
