@@ -26,6 +26,7 @@ type outbox struct {
 	running bool
 	state   outboxState
 	after   afterWrite // what to do once the final frame is written
+	held    bool       // queue[0] is a 101 not yet taken by the writer
 
 	// wmu is held while the writer copies into netpoll's output buffer; the
 	// close callback takes it before netpoll frees that buffer, since Malloc
@@ -99,13 +100,7 @@ func (o *outbox) pushFinal(b *bytebufferpool.ByteBuffer, after afterWrite, disca
 		return false
 	}
 	if discard {
-		for i, q := range o.queue {
-			o.charged -= len(q.B) + OutboxItemOverhead
-			o.c.srv.counters.OutboxBytesQueued.Add(-int64(len(q.B) + OutboxItemOverhead))
-			putBuf(&framePool, q)
-			o.queue[i] = nil
-		}
-		o.queue = o.queue[:0]
+		o.dropQueuedLocked()
 	}
 	o.state, o.after = outboxClosing, after
 	o.enqueueLocked(b, len(b.B)+OutboxItemOverhead)
@@ -135,6 +130,7 @@ func (o *outbox) pushHeld(b *bytebufferpool.ByteBuffer) {
 	o.queue = append(o.queue, b)
 	o.charged += cost
 	o.running = true // the writer release starts
+	o.held = true
 	o.mu.Unlock()
 	o.c.srv.counters.OutboxBytesQueued.Add(int64(cost))
 }
@@ -158,6 +154,7 @@ func (o *outbox) drain() {
 			return
 		}
 		o.queue, o.spare = o.spare[:0], nil
+		o.held = false
 		o.mu.Unlock()
 
 		cost, err := o.write(batch)
@@ -223,18 +220,30 @@ func (o *outbox) finish() {
 	o.c.lingerTimer(o.c.srv.cfg.CloseLinger)
 }
 
-// close runs in the connection's close callback: it frees what is queued and
-// fences the writer off netpoll's buffer before netpoll frees it.
-func (o *outbox) close() {
-	o.mu.Lock()
-	o.state = outboxClosed
-	for i, q := range o.queue {
+// dropQueuedLocked frees every queued frame except a held 101, which must
+// still precede the close frame that follows.
+func (o *outbox) dropQueuedLocked() {
+	keep := 0
+	if o.held {
+		keep = 1
+	}
+	for i := keep; i < len(o.queue); i++ {
+		q := o.queue[i]
 		o.charged -= len(q.B) + OutboxItemOverhead
 		o.c.srv.counters.OutboxBytesQueued.Add(-int64(len(q.B) + OutboxItemOverhead))
 		putBuf(&framePool, q)
 		o.queue[i] = nil
 	}
-	o.queue = o.queue[:0]
+	o.queue = o.queue[:min(keep, len(o.queue))]
+}
+
+// close runs in the connection's close callback: it frees what is queued and
+// fences the writer off netpoll's buffer before netpoll frees it.
+func (o *outbox) close() {
+	o.mu.Lock()
+	o.state = outboxClosed
+	o.held = false // the socket is gone: nothing is written any more
+	o.dropQueuedLocked()
 	o.mu.Unlock()
 	o.wmu.Lock()
 	o.wclosed = true
