@@ -22,7 +22,7 @@ import (
 // each one an 8 KiB input node and a 4 KiB output node; 512-byte nodes
 // bring an idle connection to ~4 KB (DESIGN.md fact 7). Larger messages grow
 // the nodes on demand.
-const netpollNodeSize = 512
+const netpollNodeSize = 256
 
 // controlSlack lets pongs and the 101 exceed an outbox's budget: they are
 // tiny and the peer's own pings are what trigger them.

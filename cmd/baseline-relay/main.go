@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	_ "net/http/pprof" // served only on --admin-listen
 	"os"
 	"os/signal"
 	"syscall"
@@ -27,6 +28,7 @@ func main() {
 func run(args []string, stderr io.Writer) int {
 	var (
 		listen   string
+		admin    string
 		logLevel string
 		cfg      baseline.Config
 	)
@@ -42,6 +44,7 @@ func run(args []string, stderr io.Writer) int {
 	fs.StringVar(&cfg.Version, "health-version", "baseline", "version string reported by /healthz")
 	fs.BoolVar(&cfg.ClaimBeforeUpgrade, "claim-before-upgrade", false,
 		"decide a binary's claim before its 101 (Switchboard's order); off, the claim follows the 101 as in the reference and a phone dialled right after may get 4404")
+	fs.StringVar(&admin, "admin-listen", "", "admin listener serving net/http/pprof (same as switchboard --pprof); empty disables it")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -62,6 +65,15 @@ func run(args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "baseline-relay: listen: %v\n", err)
 		return 1
+	}
+	if admin != "" {
+		aln, err := net.Listen("tcp", admin)
+		if err != nil {
+			fmt.Fprintf(stderr, "baseline-relay: admin listen: %v\n", err)
+			return 1
+		}
+		// The default mux carries net/http/pprof's handlers.
+		go func() { _ = http.Serve(aln, http.DefaultServeMux) }()
 	}
 	srv := &http.Server{Handler: relay, ReadHeaderTimeout: 5 * time.Second}
 	log.Info("listening", "addr", ln.Addr().String())

@@ -1,0 +1,198 @@
+package bench
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Relays under test run as their own processes, so their CPU time, memory
+// and goroutines are measured apart from the clients driving them.
+var relayImpls = []string{"switchboard", "baseline"}
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+func buildRelays() error {
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "switchboard-bench-")
+		if buildErr != nil {
+			return
+		}
+		for _, pkg := range []string{"switchboard", "baseline-relay"} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, pkg), "../cmd/"+pkg).CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	return buildErr
+}
+
+// relayProc is a relay process on loopback ports.
+type relayProc struct {
+	cmd   *exec.Cmd
+	addr  string // main listener
+	admin string // pprof listener
+}
+
+func freePort(tb testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func startRelayProc(tb testing.TB, impl string) *relayProc {
+	tb.Helper()
+	if err := buildRelays(); err != nil {
+		tb.Fatal(err)
+	}
+	p := &relayProc{addr: freePort(tb), admin: freePort(tb)}
+	switch impl {
+	case "switchboard":
+		p.cmd = exec.Command(filepath.Join(binDir, "switchboard"), "--listen", p.addr,
+			"--admin-listen", p.admin, "--pprof", "--log-level", "warn")
+	case "baseline":
+		p.cmd = exec.Command(filepath.Join(binDir, "baseline-relay"), "--listen", p.addr,
+			"--admin-listen", p.admin, "--claim-before-upgrade", "--log-level", "warn")
+	default:
+		tb.Fatalf("unknown relay %q", impl)
+	}
+	p.cmd.Stderr = os.Stderr
+	if err := p.cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-done
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + p.addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s did not come up: %v", impl, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// cpu returns the process's user+system CPU time so far.
+func (p *relayProc) cpu(tb testing.TB) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	const clockTicks = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / clockTicks
+}
+
+// rss returns the process's resident set size in bytes.
+func (p *relayProc) rss(tb testing.TB) int64 {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// memStats is what the relay's heap profile reports after a forced GC.
+type memStats struct {
+	heapInuse, stackInuse, mallocs int64
+}
+
+func (m memStats) user() int64 { return m.heapInuse + m.stackInuse }
+
+// mem asks the relay's pprof endpoint for a heap profile with gc=1: the
+// runtime collects first and prints its MemStats at the end.
+func (p *relayProc) mem(tb testing.TB) memStats {
+	body := p.get(tb, "/debug/pprof/heap?gc=1&debug=1")
+	var m memStats
+	for _, line := range strings.Split(body, "\n") {
+		switch {
+		case strings.HasPrefix(line, "# HeapInuse = "):
+			m.heapInuse, _ = strconv.ParseInt(strings.TrimPrefix(line, "# HeapInuse = "), 10, 64)
+		case strings.HasPrefix(line, "# Stack = "):
+			m.stackInuse, _ = strconv.ParseInt(strings.Fields(strings.TrimPrefix(line, "# Stack = "))[0], 10, 64)
+		case strings.HasPrefix(line, "# Mallocs = "):
+			m.mallocs, _ = strconv.ParseInt(strings.TrimPrefix(line, "# Mallocs = "), 10, 64)
+		}
+	}
+	if m.heapInuse == 0 {
+		tb.Fatalf("no MemStats in heap profile")
+	}
+	return m
+}
+
+// goroutines returns the relay's goroutine count.
+func (p *relayProc) goroutines(tb testing.TB) int {
+	body := p.get(tb, "/debug/pprof/goroutine?debug=1")
+	line, _, _ := strings.Cut(body, "\n")
+	n, err := strconv.Atoi(strings.TrimPrefix(line, "goroutine profile: total "))
+	if err != nil {
+		tb.Fatalf("goroutine profile header %q", line)
+	}
+	return n
+}
+
+func (p *relayProc) get(tb testing.TB, path string) string {
+	resp, err := http.Get("http://" + p.admin + path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return string(b)
+}
