@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"strconv"
@@ -30,7 +31,8 @@ type Config struct {
 	ConnectRate     float64 // new connections per second, all processes together; 0 = unpaced
 	Hold            time.Duration
 	Duration        time.Duration
-	Inflight        int
+	Inflight        int     // closed loop: messages kept in flight per phone; open loop: the cap
+	Rate            float64 // active: open loop at this many messages per second in total; 0 = closed loop
 	Size            int
 	SourceIPs       int // -1 = do not bind a source address
 	Procs           int // worker processes; 0 = as many as the open-file limit needs; 1 = in-process
@@ -56,6 +58,9 @@ const (
 	defaultHold        = 30 * time.Second
 	defaultDuration    = 10 * time.Second
 	defaultInflight    = 1
+	// defaultRateCap is --inflight's default with --rate: in the open loop
+	// it is only a cap, and a cap of one would turn any hiccup into skips.
+	defaultRateCap     = 64
 	defaultSize        = 256
 	defaultSourceIPs   = 8
 	defaultDialTimeout = 10 * time.Second
@@ -75,6 +80,9 @@ func (c *Config) defaults() {
 	}
 	setInt(&c.Phones, defaultPhones)
 	setInt(&c.PhonesPerBinary, defaultPerBinary)
+	if c.Rate > 0 {
+		setInt(&c.Inflight, defaultRateCap)
+	}
 	setInt(&c.Inflight, defaultInflight)
 	setInt(&c.Size, defaultSize)
 	setInt(&c.SourceIPs, defaultSourceIPs)
@@ -151,6 +159,10 @@ func (c *Config) validate() error {
 		return fmt.Errorf("--phones-per-binary must be at least 1, got %d", c.PhonesPerBinary)
 	case c.ConnectRate < 0:
 		return fmt.Errorf("--connect-rate must not be negative, got %g", c.ConnectRate)
+	case c.Rate < 0 || math.IsNaN(c.Rate) || math.IsInf(c.Rate, 0):
+		return fmt.Errorf("--rate must be a non-negative number, got %g", c.Rate)
+	case c.Rate > 0 && c.Mode != modeActive:
+		return fmt.Errorf("--rate applies to --mode active only")
 	case c.Inflight < 1 || c.Inflight > 1<<16:
 		return fmt.Errorf("--inflight must be in 1..65536, got %d", c.Inflight)
 	case c.Size < minPayload || c.Size > maxPayload:
@@ -215,7 +227,8 @@ func flagSet(c *Config, stderr io.Writer) *flag.FlagSet {
 	fs.Float64Var(&c.ConnectRate, "connect-rate", defaultConnectRate, "new connections per second over all processes (0 = unpaced)")
 	fs.DurationVar(&c.Hold, "hold", defaultHold, "idle: how long to hold the connections after all connected")
 	fs.DurationVar(&c.Duration, "duration", defaultDuration, "active, churn: how long to send / churn")
-	fs.IntVar(&c.Inflight, "inflight", defaultInflight, "active: messages in flight per phone")
+	fs.IntVar(&c.Inflight, "inflight", defaultInflight, fmt.Sprintf("active: messages in flight per phone; with --rate, the most a phone may have outstanding (default there %d)", defaultRateCap))
+	fs.Float64Var(&c.Rate, "rate", 0, "active: open loop, R messages per second over all phones on a fixed schedule, latency from the scheduled time (0 = closed loop)")
 	fs.IntVar(&c.Size, "size", defaultSize, fmt.Sprintf("phone frame size in bytes (a JSON object, %d..%d)", minPayload, maxPayload))
 	fs.IntVar(&c.SourceIPs, "source-ips", defaultSourceIPs, "bind source addresses 127.0.0.2 … 127.0.0.(N+1) round-robin (loopback targets only; 0 = don't)")
 	fs.IntVar(&c.Procs, "procs", 1, "worker processes (0 = enough to keep each under ~19,000 sockets)")
@@ -249,6 +262,11 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if c.Rate > 0 && !set["inflight"] {
+		c.Inflight = defaultRateCap
 	}
 	// Flag defaults are real values, so a zero here was asked for: it is an
 	// error, except where the flag text gives zero a meaning (source-ips 0 =
@@ -288,6 +306,7 @@ func workerArgs(c *Config, i int) []string {
 		"--hold", d(c.Hold),
 		"--duration", d(c.Duration),
 		"--inflight", strconv.Itoa(c.Inflight),
+		"--rate", strconv.FormatFloat(c.Rate, 'g', -1, 64),
 		"--size", strconv.Itoa(c.Size),
 		"--source-ips", strconv.Itoa(src),
 		"--procs", strconv.Itoa(c.Procs),

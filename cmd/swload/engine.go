@@ -42,9 +42,16 @@ type engine struct {
 	echoed       atomic.Int64 // envelopes the binaries echoed
 	reencoded    atomic.Int64 // replies equal only after JSON decoding
 	retries      atomic.Int64 // phone connects retried after a 4404
+	sends        atomic.Int64 // active: phone messages sent (all inside the window)
 	errs         kinds
 	connFails    kinds
 	lat, connLat *recorder
+	lag          *recorder // open loop: how late each send left after its scheduled time
+	latSend      *recorder // open loop: round trip from the actual send (uncorrected)
+
+	// winBase is when the window opened (since start); written before
+	// startCh closes, read by open-loop pacers after it has.
+	winBase time.Duration
 
 	stopping atomic.Bool
 	stopCh   chan struct{}
@@ -66,6 +73,8 @@ func newEngine(cfg Config, sh share) *engine {
 		local:   sourceAddrs(cfg.Addr, cfg.SourceIPs),
 		lat:     newRecorder(shards),
 		connLat: newRecorder(shards),
+		lag:     newRecorder(shards),
+		latSend: newRecorder(shards),
 		stopCh:  make(chan struct{}),
 		startCh: make(chan struct{}),
 		conns:   make(map[*bench.Client]struct{}),
@@ -562,8 +571,13 @@ func (e *engine) holdIdle(p *phone) {
 }
 
 // runActive keeps inflight messages outstanding on one phone until the
-// window ends, verifying every reply and timing it.
+// window ends, verifying every reply and timing it. With --rate it runs the
+// phone open loop instead (openloop.go).
 func (e *engine) runActive(p *phone) {
+	if e.cfg.Rate > 0 {
+		e.runOpenLoop(p)
+		return
+	}
 	select {
 	case <-e.startCh:
 	case <-e.stopCh:
@@ -581,6 +595,7 @@ func (e *engine) runActive(p *phone) {
 			return false
 		}
 		next++
+		e.sends.Add(1)
 		return true
 	}
 	for i := uint64(0); i < w && !e.stopping.Load(); i++ {
@@ -746,6 +761,7 @@ func (e *engine) run(ctx context.Context, ready func(context.Context)) *Result {
 			res.LiveAtEnd = e.live.Load()
 		case modeActive:
 			e.phase.Store("run")
+			e.winBase = winStart.Sub(e.start)
 			close(e.startCh)
 			sleepCtx(ctx, e.cfg.Duration)
 		case modeChurn:
@@ -837,7 +853,7 @@ func (e *engine) snapshot() progress {
 	return progress{
 		Type: "progress", Phase: ph,
 		Live: e.live.Load(), Attempts: e.attempts.Load(), ConnOK: e.connOK.Load(),
-		RoundTrips: e.roundTrips.Load(), Cycles: e.cycles.Load(),
+		RoundTrips: e.roundTrips.Load(), Cycles: e.cycles.Load(), Sends: e.sends.Load(),
 		Errors: e.errs.total.Load(), ConnFail: e.connFails.total.Load(),
 	}
 }

@@ -16,7 +16,18 @@
 //	               each in flight for --duration. Every reply is checked byte for
 //	               byte (phone id, sequence number and padding are rebuilt and
 //	               compared, so content, routing and per-phone order are all
-//	               verified) and its round trip timed.
+//	               verified) and its round trip timed. This is a closed loop:
+//	               a phone sends its next message when a reply comes back.
+//	  --rate R     open loop instead: R messages per second over all phones on
+//	               a fixed schedule (each phone every phones/R seconds, the
+//	               phones staggered evenly), sent whether or not replies have
+//	               come back. --inflight is then only a cap on a phone's
+//	               outstanding messages (default 64 with --rate): a scheduled
+//	               send that would exceed it is skipped and counted as the error
+//	               kind late_send. Latency runs from the scheduled send time,
+//	               so a stalled relay is charged for every message it delayed
+//	               (no coordinated omission); the pacer's own lateness is
+//	               reported separately as the send lag.
 //	--mode churn   phones connect, send one frame, get the echo and close (with a
 //	               close handshake), repeatedly, at --connect-rate per second for
 //	               --duration, using at most --phones concurrent phone slots.
@@ -45,8 +56,10 @@
 //
 //	SWLOAD_RESULT {"mode":"active","phones":64,...,"throughput_per_s":…,"latency_us":{"p50":…,"p99":…,"p999":…},"errors":{},"connect_failures":{},…}
 //
-// with mode, phones, inflight, size, duration, round trips, throughput,
-// p50/p99/p99.9 latency in µs, errors by kind, connects and the connect rate
+// with mode, phones, inflight, size, duration, the send rate asked for and
+// achieved (rate_target, 0 for the closed loop; rate_achieved, sends per
+// second), round trips, throughput (the reply rate), p50/p99/p99.9 latency in
+// µs (and send_lag_us in the open loop), errors by kind, connects and the connect rate
 // achieved, connect failures by kind (http_<status> for a refused upgrade,
 // close_<code> for a close right after the 101, dial_<error> otherwise), and
 // swload's own CPU time (getrusage, itself plus its workers): on a small
@@ -76,6 +89,9 @@
 //
 //	# 256 phones, 16 messages in flight each, 1 KiB frames, 30 s
 //	/tmp/swload --mode active --phones 256 --inflight 16 --size 1024 --duration 30s
+//
+//	# open loop: 2,000 messages/s over 512 phones, at most 16 outstanding each
+//	/tmp/swload --mode active --phones 512 --rate 2000 --inflight 16 --duration 30s
 //
 //	# connect/echo/close churn at 500 phones per second for 20 s
 //	/tmp/swload --mode churn --phones 64 --connect-rate 500 --duration 20s

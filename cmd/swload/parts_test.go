@@ -1,11 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"testing"
 	"time"
+
+	"switchboard/bench"
 )
 
 func TestBucketLayout(t *testing.T) {
@@ -197,5 +201,82 @@ func TestSourceAddrs(t *testing.T) {
 	}
 	if got := sourceAddrs("127.0.0.1:1", 0); got != nil {
 		t.Errorf("disabled: %v", got)
+	}
+}
+
+// TestSlotSchedule: phone g of n owns slots g, g+n, …, so the phones'
+// schedules merge into one message every 1/rate seconds.
+func TestSlotSchedule(t *testing.T) {
+	const n, rate = 7, 350.0
+	var all []time.Duration
+	for g := range int64(n) {
+		for k := range uint64(50) {
+			all = append(all, slotTime(g, k, n, rate))
+		}
+	}
+	slices.Sort(all)
+	step := float64(time.Second) / rate
+	for i, d := range all {
+		if want := time.Duration(float64(i) * step); d-want > time.Microsecond || want-d > time.Microsecond {
+			t.Fatalf("slot %d at %v, want %v", i, d, want)
+		}
+	}
+}
+
+// discardConn is a net.Conn whose writes vanish.
+type discardConn struct{ net.Conn }
+
+func (discardConn) Write(b []byte) (int, error) { return len(b), nil }
+func (discardConn) Close() error                { return nil }
+
+// TestOpenLoopSend: a slot sends without allocating, and one that finds the
+// cap reached is skipped as late_send without touching the socket.
+func TestOpenLoopSend(t *testing.T) {
+	e := newEngine(Config{Mode: modeActive, Phones: 4, Inflight: 4, Size: 256, Rate: 100}, share{procs: 1})
+	p := &phone{e: e, c: &bench.Client{Conn: discardConn{}}, id: 3}
+	o := newOpenLoop(e, p)
+	o.send(0, 0) // warm the client's write buffer
+	o.want.Store(o.next.Load())
+	allocs := testing.AllocsPerRun(200, func() {
+		o.send(time.Millisecond, 2*time.Millisecond)
+		o.want.Store(o.next.Load()) // the reply came back
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per send", allocs)
+	}
+	if len(e.errs.snapshot()) != 0 {
+		t.Fatalf("errors %v", e.errs.snapshot())
+	}
+	sent := e.sends.Load()
+	for range 6 { // 4 fit under the cap, 2 are skipped
+		if !o.send(0, 0) {
+			t.Fatal("send failed")
+		}
+	}
+	if got := e.errs.snapshot()["late_send"]; got != 2 || e.sends.Load() != sent+4 {
+		t.Errorf("late_send %d, sends %d, want 2 and %d", got, e.sends.Load(), sent+4)
+	}
+	if lag := e.lag.snapshot(); lag.Max != uint64(time.Millisecond) {
+		t.Errorf("send lag max %v, want 1ms", time.Duration(lag.Max))
+	}
+}
+
+func TestRateFlags(t *testing.T) {
+	var errb bytes.Buffer
+	c, err := parseFlags([]string{"--mode", "active", "--rate", "500"}, &errb)
+	if err != nil || c.Inflight != defaultRateCap || c.Rate != 500 {
+		t.Errorf("default cap with --rate: inflight %d rate %g err %v", c.Inflight, c.Rate, err)
+	}
+	c, err = parseFlags([]string{"--mode", "active", "--rate", "500", "--inflight", "2"}, &errb)
+	if err != nil || c.Inflight != 2 {
+		t.Errorf("explicit cap: inflight %d err %v", c.Inflight, err)
+	}
+	if slices.Index(workerArgs(&c, 0), "--rate") < 0 {
+		t.Errorf("workers are not told the rate: %v", workerArgs(&c, 0))
+	}
+	for _, args := range [][]string{{"--mode", "idle", "--rate", "10"}, {"--mode", "active", "--rate", "-1"}} {
+		if _, err := parseFlags(args, &errb); err == nil {
+			t.Errorf("%v accepted", args)
+		}
 	}
 }

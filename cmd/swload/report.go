@@ -26,13 +26,18 @@ type Result struct {
 	Inflight int    `json:"inflight"`
 	Size     int    `json:"size"`
 
-	WindowS          float64 `json:"window_s"` // hold (idle), duration (active, churn), as run
+	WindowS          float64 `json:"window_s"`      // hold (idle), duration (active, churn), as run
+	RateTarget       float64 `json:"rate_target"`   // active --rate; 0 = closed loop
+	Sends            int64   `json:"sends"`         // active: phone messages sent
+	RateAchievedPerS float64 `json:"rate_achieved"` // active: sends per second of window
 	RoundTrips       int64   `json:"round_trips"`
 	WindowRoundTrips int64   `json:"window_round_trips"`
 	ThroughputPerS   float64 `json:"throughput_per_s"`
 
-	Latency        Histogram `json:"latency"`
-	ConnectLatency Histogram `json:"connect_latency"`
+	Latency         Histogram `json:"latency"`
+	ConnectLatency  Histogram `json:"connect_latency"`
+	SendLag         Histogram `json:"send_lag"`          // open loop: actual minus scheduled send time
+	LatencyFromSend Histogram `json:"latency_from_send"` // open loop: round trip from the actual send
 
 	Errors            map[string]int64 `json:"errors"`
 	ConnectFailures   map[string]int64 `json:"connect_failures"`
@@ -64,6 +69,10 @@ func (r *Result) fill(e *engine) {
 	r.WindowRoundTrips = e.windowTrips.Load()
 	r.Latency = e.lat.snapshot()
 	r.ConnectLatency = e.connLat.snapshot()
+	r.SendLag = e.lag.snapshot()
+	r.LatencyFromSend = e.latSend.snapshot()
+	r.RateTarget = e.cfg.Rate
+	r.Sends = e.sends.Load()
 	r.Errors = e.errs.snapshot()
 	r.ConnectFailures = e.connFails.snapshot()
 	r.ConnectsAttempted = e.attempts.Load()
@@ -81,6 +90,7 @@ func (r *Result) fill(e *engine) {
 	case modeActive:
 		if r.WindowS > 0 {
 			r.ThroughputPerS = float64(r.WindowRoundTrips) / r.WindowS
+			r.RateAchievedPerS = float64(r.Sends) / r.WindowS
 		}
 	case modeChurn:
 		r.WindowRoundTrips = r.RoundTrips
@@ -105,8 +115,13 @@ func (r *Result) merge(o *Result) {
 	r.RoundTrips += o.RoundTrips
 	r.WindowRoundTrips += o.WindowRoundTrips
 	r.ThroughputPerS += o.ThroughputPerS
+	r.RateTarget = max(r.RateTarget, o.RateTarget)
+	r.Sends += o.Sends
+	r.RateAchievedPerS += o.RateAchievedPerS
 	r.Latency.Merge(&o.Latency)
 	r.ConnectLatency.Merge(&o.ConnectLatency)
+	r.SendLag.Merge(&o.SendLag)
+	r.LatencyFromSend.Merge(&o.LatencyFromSend)
 	r.Errors = addKinds(r.Errors, o.Errors)
 	r.ConnectFailures = addKinds(r.ConnectFailures, o.ConnectFailures)
 	r.ConnectsAttempted += o.ConnectsAttempted
@@ -192,9 +207,14 @@ type Summary struct {
 	Inflight          int              `json:"inflight"`
 	Size              int              `json:"size"`
 	DurationS         float64          `json:"duration_s"`
+	RateTarget        float64          `json:"rate_target"`   // messages/s asked for with --rate; 0 = closed loop
+	Sends             int64            `json:"sends"`         // active: phone messages sent in the window
+	RateAchieved      float64          `json:"rate_achieved"` // active: sends per second; the reply rate is throughput_per_s
 	RoundTrips        int64            `json:"round_trips"`
 	ThroughputPerS    float64          `json:"throughput_per_s"`
 	LatencyUS         Percentiles      `json:"latency_us"`
+	SendLagUS         Percentiles      `json:"send_lag_us,omitzero"`          // open loop only
+	LatencyFromSendUS Percentiles      `json:"latency_from_send_us,omitzero"` // open loop only: uncorrected
 	ConnectUS         Percentiles      `json:"connect_us"`
 	Errors            map[string]int64 `json:"errors"`
 	ErrorsTotal       int64            `json:"errors_total"`
@@ -221,8 +241,10 @@ func (r *Result) Summary() Summary {
 	s := Summary{
 		Mode: r.Mode, Addr: r.Addr, Procs: r.Procs, Phones: r.Phones, Binaries: r.Binaries,
 		Inflight: r.Inflight, Size: r.Size, DurationS: round3(r.WindowS),
+		RateTarget: r.RateTarget, Sends: r.Sends, RateAchieved: round3(r.RateAchievedPerS),
 		RoundTrips: r.RoundTrips, ThroughputPerS: round3(r.ThroughputPerS),
 		LatencyUS: percentiles(&r.Latency), ConnectUS: percentiles(&r.ConnectLatency),
+		SendLagUS: percentiles(&r.SendLag), LatencyFromSendUS: percentiles(&r.LatencyFromSend),
 		Errors: orEmpty(r.Errors), ErrorsTotal: sumKinds(r.Errors),
 		ConnectsAttempted: r.ConnectsAttempted, ConnectsOK: r.ConnectsOK,
 		ConnectRatePerS: round3(r.ConnectRatePerS), ConnectFailures: orEmpty(r.ConnectFailures),
@@ -258,7 +280,12 @@ func writeReport(w io.Writer, r *Result) {
 		row("hold", "%.2f s", s.DurationS)
 		row("live at end of hold", "%d (peak %d)", s.LiveAtEndOfHold, s.PeakLive)
 	case modeActive:
-		row("window", "%.2f s, %d in flight per phone, %d-byte frames", s.DurationS, s.Inflight, s.Size)
+		if s.RateTarget > 0 {
+			row("window", "%.2f s, open loop at %g/s, at most %d in flight per phone, %d-byte frames", s.DurationS, s.RateTarget, s.Inflight, s.Size)
+			row("sends", "%d (%.1f/s achieved of %g/s target; replies %.1f/s)", s.Sends, s.RateAchieved, s.RateTarget, s.ThroughputPerS)
+		} else {
+			row("window", "%.2f s, %d in flight per phone, %d-byte frames", s.DurationS, s.Inflight, s.Size)
+		}
 	case modeChurn:
 		row("window", "%.2f s, %d slots, %d-byte frames", s.DurationS, s.Phones, s.Size)
 		row("cycles", "%d (%.1f/s)", s.Cycles, float64(s.Cycles)/max(s.DurationS, 1e-9))
@@ -270,7 +297,13 @@ func writeReport(w io.Writer, r *Result) {
 	}
 	row("connect latency", "%s", latText(s.ConnectUS))
 	row("round trips", "%d (%.1f/s)", s.RoundTrips, s.ThroughputPerS)
-	row("round-trip latency", "%s", latText(s.LatencyUS))
+	if s.RateTarget > 0 {
+		row("round-trip latency", "%s  (from the scheduled send time)", latText(s.LatencyUS))
+		row("send lag", "%s  (pacer lateness, included above)", latText(s.SendLagUS))
+		row("from actual send", "%s  (uncorrected)", latText(s.LatencyFromSendUS))
+	} else {
+		row("round-trip latency", "%s", latText(s.LatencyUS))
+	}
 	row("errors", "%s", kindsText(s.Errors))
 	if s.Reencoded > 0 {
 		row("re-encoded replies", "%d (equal as JSON, not byte for byte)", s.Reencoded)
@@ -323,6 +356,7 @@ type progress struct {
 	Attempts   int64  `json:"attempts"`
 	ConnOK     int64  `json:"conn_ok"`
 	RoundTrips int64  `json:"rt"`
+	Sends      int64  `json:"sends"`
 	Cycles     int64  `json:"cycles"`
 	Errors     int64  `json:"errors"`
 	ConnFail   int64  `json:"conn_fail"`
@@ -333,6 +367,7 @@ func (p *progress) add(o progress) {
 	p.Attempts += o.Attempts
 	p.ConnOK += o.ConnOK
 	p.RoundTrips += o.RoundTrips
+	p.Sends += o.Sends
 	p.Cycles += o.Cycles
 	p.Errors += o.Errors
 	p.ConnFail += o.ConnFail
@@ -345,11 +380,13 @@ func newProgressPrinter(w io.Writer) *progressPrinter {
 }
 
 type progressPrinter struct {
-	w      io.Writer
-	start  time.Time
-	last   time.Time
-	lastRT int64
-	lastCy int64
+	w         io.Writer
+	start     time.Time
+	last      time.Time
+	lastRT    int64
+	lastCy    int64
+	lastSent  int64
+	showSends bool // open loop: the send rate is the one asked for, show it
 }
 
 func (pp *progressPrinter) print(p progress) {
@@ -361,11 +398,15 @@ func (pp *progressPrinter) print(p progress) {
 		}
 		return float64(cur-prev) / dt
 	}
-	fmt.Fprintf(pp.w, "swload %6.1fs %-7s live %d  connects %d/%d  rt/s %.0f  rt %d",
-		now.Sub(pp.start).Seconds(), p.Phase, p.Live, p.ConnOK, p.Attempts, rate(p.RoundTrips, pp.lastRT), p.RoundTrips)
+	fmt.Fprintf(pp.w, "swload %6.1fs %-7s live %d  connects %d/%d",
+		now.Sub(pp.start).Seconds(), p.Phase, p.Live, p.ConnOK, p.Attempts)
+	if pp.showSends {
+		fmt.Fprintf(pp.w, "  sent/s %.0f", rate(p.Sends, pp.lastSent))
+	}
+	fmt.Fprintf(pp.w, "  rt/s %.0f  rt %d", rate(p.RoundTrips, pp.lastRT), p.RoundTrips)
 	if p.Cycles > 0 {
 		fmt.Fprintf(pp.w, "  cycles/s %.0f", rate(p.Cycles, pp.lastCy))
 	}
 	fmt.Fprintf(pp.w, "  errors %d  connect-failures %d\n", p.Errors, p.ConnFail)
-	pp.last, pp.lastRT, pp.lastCy = now, p.RoundTrips, p.Cycles
+	pp.last, pp.lastRT, pp.lastCy, pp.lastSent = now, p.RoundTrips, p.Cycles, p.Sends
 }

@@ -71,6 +71,7 @@ func everyTick(d time.Duration, f func()) (stop func()) {
 func runLocal(ctx context.Context, cfg Config, stderr io.Writer) *Result {
 	e := newEngine(cfg, shareOf(&cfg, 0))
 	pp := newProgressPrinter(stderr)
+	pp.showSends = cfg.Rate > 0
 	stop := everyTick(cfg.Progress, func() { pp.print(e.snapshot()) })
 	res := e.run(ctx, func(context.Context) {})
 	stop()
@@ -193,6 +194,7 @@ func runParent(ctx context.Context, cfg Config, stderr io.Writer) (*Result, erro
 	// since the last one (their clocks are not aligned with ours), or when
 	// one is late by a whole interval.
 	pp := newProgressPrinter(stderr)
+	pp.showSends = cfg.Rate > 0
 	printProgress := func() {
 		var sum progress
 		sum.Phase = "done"
@@ -281,7 +283,7 @@ func runParent(ctx context.Context, cfg Config, stderr io.Writer) (*Result, erro
 		}
 	}
 
-	res := &Result{Mode: cfg.Mode, Addr: cfg.Addr, Inflight: cfg.Inflight, Size: cfg.Size}
+	res := &Result{Mode: cfg.Mode, Addr: cfg.Addr, Inflight: cfg.Inflight, Size: cfg.Size, RateTarget: cfg.Rate}
 	for _, w := range ws {
 		if w.result == nil {
 			res.WorkerFailures++

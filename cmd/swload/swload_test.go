@@ -240,6 +240,8 @@ func TestWorkerProcesses(t *testing.T) {
 	}{
 		{modeIdle, []string{"--phones", "50", "--hold", "1s", "--connect-rate", "500"}},
 		{modeActive, []string{"--phones", "20", "--inflight", "2", "--duration", "1s", "--phones-per-binary", "4"}},
+		// Open loop: each worker paces its own phones on the shared schedule.
+		{modeActive, []string{"--phones", "20", "--rate", "1000", "--duration", "1s", "--phones-per-binary", "4"}},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -272,6 +274,9 @@ func TestWorkerProcesses(t *testing.T) {
 				if s.LatencyUS.Count != uint64(s.RoundTrips) {
 					t.Errorf("merged latency count %d, round trips %d", s.LatencyUS.Count, s.RoundTrips)
 				}
+				if s.RateTarget > 0 && (s.RateTarget != 1000 || s.RateAchieved < 850 || s.RateAchieved > 1100 || s.Sends != s.RoundTrips) {
+					t.Errorf("open loop over workers: target %g achieved %.1f, sends %d, round trips %d", s.RateTarget, s.RateAchieved, s.Sends, s.RoundTrips)
+				}
 			}
 			if !strings.Contains(stderr.String(), "live ") {
 				t.Errorf("no merged progress line")
@@ -293,5 +298,44 @@ func TestBadFlags(t *testing.T) {
 		if code := run(args, strings.NewReader(""), &out, &errb); code != 2 {
 			t.Errorf("%v: exit %d, want 2 (%s)", args, code, errb.String())
 		}
+	}
+}
+
+// TestActiveRate: the open loop holds its schedule against a relay that
+// keeps up: the achieved send rate is the target, every message comes back,
+// and latency is timed from the scheduled send time.
+func TestActiveRate(t *testing.T) {
+	addr := startRelay(t)
+	const phones, rate, window = 32, 2000.0, 1500 * time.Millisecond
+	res, s, stderr := runQuick(t, Config{Mode: modeActive, Addr: addr, Phones: phones, PhonesPerBinary: 8,
+		Inflight: 16, Size: 256, Rate: rate, Duration: window, ConnectRate: 0})
+	if s.RateTarget != rate || s.Inflight != 16 {
+		t.Errorf("rate target %g inflight %d", s.RateTarget, s.Inflight)
+	}
+	// The schedule puts rate × window sends in the window; allow for a
+	// loaded machine and the race detector.
+	if s.RateAchieved < 0.9*rate || s.RateAchieved > 1.05*rate {
+		t.Errorf("achieved %.1f/s, want about %g/s", s.RateAchieved, rate)
+	}
+	want := rate * s.DurationS
+	if float64(s.Sends) < 0.9*want || float64(s.Sends) > want+phones {
+		t.Errorf("sends %d in %.2f s, want about %.0f", s.Sends, s.DurationS, want)
+	}
+	// Nothing was lost (runQuick checked errors): every send came back,
+	// and every reply was timed; the reply rate follows the send rate.
+	if s.RoundTrips != s.Sends || s.LatencyUS.Count != uint64(s.Sends) || res.Echoed != int64(phones)+s.Sends {
+		t.Errorf("sends %d, round trips %d, latency samples %d, echoed %d", s.Sends, s.RoundTrips, s.LatencyUS.Count, res.Echoed)
+	}
+	if s.ThroughputPerS < 0.85*rate || s.ThroughputPerS > 1.05*rate {
+		t.Errorf("reply rate %.1f/s, want about %g/s", s.ThroughputPerS, rate)
+	}
+	if s.SendLagUS.Count != uint64(s.Sends) || !(s.LatencyUS.P50 > 0 && s.LatencyUS.P50 <= s.LatencyUS.P99) {
+		t.Errorf("send lag %+v, latency %+v", s.SendLagUS, s.LatencyUS)
+	}
+	if !strings.Contains(stderr, "sent/s") {
+		t.Errorf("progress shows no send rate")
+	}
+	if s.DurationS < 1.4 || s.DurationS > 3 {
+		t.Errorf("window %.2f s, want ~1.5", s.DurationS)
 	}
 }
