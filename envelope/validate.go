@@ -1,6 +1,13 @@
 package envelope
 
-import "unicode/utf8"
+import (
+	"encoding/binary"
+	"sync"
+	"unicode/utf8"
+)
+
+// deepStacks holds full-depth container stacks for deeply nested input.
+var deepStacks = sync.Pool{New: func() any { return new([MaxDepth/64 + 1]uint64) }}
 
 // MaxDepth is the deepest nesting of arrays and objects accepted, the same
 // limit encoding/json applies, so the reference relay and Switchboard agree on
@@ -20,7 +27,25 @@ func Valid(b []byte) bool {
 // validating everything inside it. The value may nest at most maxDepth
 // levels of arrays and objects (at most MaxDepth).
 func skipValue(b []byte, i, maxDepth int) (int, bool) {
-	var stack [MaxDepth/64 + 1]uint64 // bit set: this level is an object
+	var n nesting
+	end, ok := n.skip(b, i, maxDepth)
+	if n.deep != nil {
+		deepStacks.Put(n.deep)
+	}
+	return end, ok
+}
+
+// nesting holds one bit per open container, set for an object. The first
+// 128 levels live in a small array; deeper input (rare, and hostile more
+// often than not) borrows a full-depth array from a pool. A 1.2 KB array on
+// every call made each fresh read-task goroutine grow its stack.
+type nesting struct {
+	small [2]uint64
+	deep  *[MaxDepth/64 + 1]uint64
+}
+
+func (n *nesting) skip(b []byte, i, maxDepth int) (int, bool) {
+	stack := n.small[:]
 	depth := 0
 	for {
 		// A value starts at b[i].
@@ -32,6 +57,11 @@ func skipValue(b []byte, i, maxDepth int) (int, bool) {
 		case c == '{' || c == '[':
 			if depth >= maxDepth {
 				return i, false
+			}
+			if depth == len(stack)*64 {
+				n.deep = deepStacks.Get().(*[MaxDepth/64 + 1]uint64)
+				copy(n.deep[:], stack)
+				stack = n.deep[:]
 			}
 			isObj := c == '{'
 			if isObj {
@@ -138,6 +168,14 @@ func skipLiteral(b []byte, i int, lit string) (int, bool) {
 func skipString(b []byte, i int) (int, bool) {
 	i++
 	for i < len(b) {
+		// Eight plain bytes at a time: none is a quote, a backslash, a
+		// control byte or part of a multi-byte sequence.
+		for len(b)-i >= 8 && plain8(binary.LittleEndian.Uint64(b[i:])) {
+			i += 8
+		}
+		if i >= len(b) {
+			break
+		}
 		c := b[i]
 		switch {
 		case c == '"':
@@ -214,4 +252,23 @@ func skipDigits(b []byte, i int) int {
 
 func isHex(c byte) bool {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
+
+const (
+	ones  = 0x0101010101010101
+	highs = 0x8080808080808080
+)
+
+// plain8 reports whether none of the eight bytes in x needs a closer look
+// inside a string: each is in 0x20..0x7f and is neither '"' nor '\\'.
+// It uses the classic "has a byte less than n" bit trick, once for control
+// bytes and once each for the two special bytes (x^v has a zero byte where
+// x has v).
+func plain8(x uint64) bool {
+	q := x ^ (ones * '"')
+	s := x ^ (ones * '\\')
+	lt := (x - ones*0x20) &^ x
+	zq := (q - ones) &^ q
+	zs := (s - ones) &^ s
+	return (lt|zq|zs|x)&highs == 0
 }

@@ -2,6 +2,7 @@ package envelope
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"math/rand"
 	"strings"
@@ -310,6 +311,19 @@ func TestValidAllocs(t *testing.T) {
 	for _, in := range inputs {
 		if n := testing.AllocsPerRun(100, func() { Valid(in) }); n != 0 {
 			t.Errorf("Valid(%.20q...) allocates %v times", in, n)
+		}
+	}
+}
+
+func TestPlain8EveryByteEveryLane(t *testing.T) {
+	for v := 0; v < 256; v++ {
+		want := v >= 0x20 && v < 0x80 && v != '"' && v != '\\'
+		for lane := 0; lane < 8; lane++ {
+			w := []byte("aaaaaaaa")
+			w[lane] = byte(v)
+			if got := plain8(binary.LittleEndian.Uint64(w)); got != want {
+				t.Fatalf("byte %#x in lane %d: plain8 = %v, want %v", v, lane, got, want)
+			}
 		}
 	}
 }
