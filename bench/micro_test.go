@@ -69,7 +69,7 @@ func BenchmarkRegistryLookup(b *testing.B) {
 	for i := range bins {
 		id := fmt.Sprintf("server-%d", i)
 		bins[i] = &handle{i}
-		if err := reg.Claim(id, bins[i]); err != nil {
+		if _, _, err := reg.Claim(id, bins[i], nil); err != nil {
 			b.Fatal(err)
 		}
 		connID, _, err := reg.AddPhone(id, &handle{})

@@ -38,16 +38,34 @@ func (c *conn) binaryMessage(msg []byte) {
 	}
 }
 
-// releaseSlot gives up the binary's server-id, once, and closes the phones
-// that were attached to it: with no grace window the slot goes with its
-// binary.
+// releaseSlot gives up the binary's server-id, once. A rival waiting on a
+// takeover probe gets the slot at once; otherwise the slot is held for the
+// grace window, phones and all, for this binary to reclaim.
 func (c *conn) releaseSlot() {
 	if c.detached || c.serverID == "" || c.role != roleBinary {
 		return
 	}
 	c.detached = true
+	if c.srv.handOver(c) {
+		return
+	}
+	_, gen, held := c.srv.reg.Release(c.serverID, c, true, nil)
+	if held {
+		c.graceGen = gen
+		c.setDeadline(&c.graceDue, c.wheelNow()+int64(c.srv.cfg.GracePeriod))
+	}
+}
+
+// graceExpired runs on the wheel when a departed binary's grace window
+// ends; a window that was reclaimed meanwhile is not touched.
+func (c *conn) graceExpired() {
 	var scratch [16]*conn
-	for _, p := range c.srv.reg.Release(c.serverID, c, scratch[:0]) {
-		p.closeWith(CloseSlotDropped, 1000, "", false)
+	phones, ok := c.srv.reg.Expire(c.serverID, c, c.graceGen, scratch[:0])
+	if !ok {
+		return
+	}
+	c.srv.counters.GraceExpiries.Add(1)
+	for _, p := range phones {
+		p.closeWith(CloseGraceExpired, 1000, "", false)
 	}
 }

@@ -32,6 +32,38 @@ type Config struct {
 	// CloseLinger is how long a connection the relay closed waits for the
 	// peer's answer (close frame or FIN) before the socket is torn down.
 	CloseLinger time.Duration
+	// HeartbeatInterval is how often every binary and phone is pinged.
+	HeartbeatInterval time.Duration
+	// PongTimeout is how long a ping may go unanswered before 1011.
+	PongTimeout time.Duration
+	// HandshakeTimeout bounds the time from accept to a complete request head.
+	HandshakeTimeout time.Duration
+	// MessageReadTimeout bounds a message from its first byte to its last.
+	MessageReadTimeout time.Duration
+	// GracePeriod holds a departed binary's slot (and phones) for a reclaim.
+	GracePeriod time.Duration
+	// TakeoverTimeout is how long a duplicate claim waits for the holder's pong.
+	TakeoverTimeout time.Duration
+	// DrainTimeout bounds graceful shutdown's wait for close handshakes.
+	DrainTimeout time.Duration
+	// RateLimitBurst is how many upgrade attempts (/v1/server, /v1/client)
+	// one source IP may make at once; each RateLimitInterval gives one back.
+	// Over it: 429. Zero (the zero Config) turns the limit off; the command's
+	// default is DefaultRateLimitBurst.
+	RateLimitBurst int
+	// RateLimitInterval is how often a source regains one upgrade attempt.
+	RateLimitInterval time.Duration
+	// RateLimitMaxSources caps the sources tracked at once (memory stays
+	// bounded under a flood of addresses); when full, the tracked source
+	// closest to a full bucket is forgotten.
+	RateLimitMaxSources int
+	// ProxyProtocol requires a PROXY protocol v2 header at the start of every
+	// connection and takes the source address from it.
+	ProxyProtocol bool
+	// TrustXForwardedFor takes the source address from the left-most
+	// X-Forwarded-For address when present and parseable. Only for a relay
+	// behind a proxy that sets that header itself: clients can forge it.
+	TrustXForwardedFor bool
 	// Version is reported by /healthz.
 	Version string
 	// Logger receives connection-level events; nil discards them.
@@ -47,7 +79,17 @@ const (
 	DefaultMaxRequestHeaderBytes = 8192     // real clients send under 1 KiB; 8 KiB is net/http's order of magnitude for one line
 	DefaultWriteTimeout          = 10 * time.Second
 	DefaultCloseLinger           = 5 * time.Second // long enough for a phone on a slow link to answer a close frame
-	OutboxItemOverhead           = 64              // per-frame charge, as the reference relay counts its queue items
+	DefaultRateLimitBurst        = 20              // the command's default; a zero Config leaves the limit off
+	DefaultRateLimitInterval     = 6 * time.Second
+	DefaultRateLimitMaxSources   = 1 << 20 // ~40 MiB of buckets at most
+	DefaultHeartbeatInterval     = 30 * time.Second
+	DefaultPongTimeout           = 30 * time.Second
+	DefaultHandshakeTimeout      = 5 * time.Second
+	DefaultMessageReadTimeout    = 30 * time.Second
+	DefaultGracePeriod           = 30 * time.Second
+	DefaultTakeoverTimeout       = 10 * time.Second
+	DefaultDrainTimeout          = 10 * time.Second
+	OutboxItemOverhead           = 64 // per-frame charge, as the reference relay counts its queue items
 )
 
 // Defaults fills zero fields with the protocol's values.
@@ -60,12 +102,21 @@ func (c *Config) Defaults() {
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = DefaultWriteTimeout
 	}
-	if c.CloseLinger == 0 {
-		c.CloseLinger = DefaultCloseLinger
-	}
+	setDefaultDuration(&c.CloseLinger, DefaultCloseLinger)
+	setDefaultDuration(&c.HeartbeatInterval, DefaultHeartbeatInterval)
+	setDefaultDuration(&c.PongTimeout, DefaultPongTimeout)
+	setDefaultDuration(&c.HandshakeTimeout, DefaultHandshakeTimeout)
+	setDefaultDuration(&c.MessageReadTimeout, DefaultMessageReadTimeout)
+	setDefaultDuration(&c.GracePeriod, DefaultGracePeriod)
+	setDefaultDuration(&c.TakeoverTimeout, DefaultTakeoverTimeout)
+	setDefaultDuration(&c.DrainTimeout, DefaultDrainTimeout)
 	if c.MaxConnections == 0 {
 		c.MaxConnections = DefaultMaxConnections()
 	}
+	if c.RateLimitInterval == 0 {
+		c.RateLimitInterval = DefaultRateLimitInterval
+	}
+	setDefault(&c.RateLimitMaxSources, DefaultRateLimitMaxSources)
 	if c.Version == "" {
 		c.Version = "dev"
 	}
@@ -90,8 +141,34 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("write-timeout must be positive, got %s", c.WriteTimeout)
 	case c.CloseLinger <= 0:
 		return fmt.Errorf("close-linger must be positive, got %s", c.CloseLinger)
+	case c.RateLimitBurst < 0:
+		return fmt.Errorf("rate-limit-burst must be 0 (off) or more, got %d", c.RateLimitBurst)
+	case c.RateLimitInterval <= 0:
+		return fmt.Errorf("rate-limit-interval must be positive, got %s", c.RateLimitInterval)
+	case c.RateLimitBurst > 0 && int64(c.RateLimitBurst) > int64(maxRateSpan/c.RateLimitInterval):
+		return fmt.Errorf("rate-limit-burst × rate-limit-interval must be at most %s, got %d × %s", maxRateSpan, c.RateLimitBurst, c.RateLimitInterval)
+	case c.RateLimitMaxSources < rateShards:
+		return fmt.Errorf("rate-limit-max-sources must be at least %d, got %d", rateShards, c.RateLimitMaxSources)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"heartbeat-interval", c.HeartbeatInterval}, {"pong-timeout", c.PongTimeout},
+		{"handshake-timeout", c.HandshakeTimeout}, {"message-read-timeout", c.MessageReadTimeout},
+		{"grace-period", c.GracePeriod}, {"takeover-timeout", c.TakeoverTimeout}, {"drain-timeout", c.DrainTimeout},
+	} {
+		if d.v <= 0 {
+			return fmt.Errorf("%s must be positive, got %s", d.name, d.v)
+		}
 	}
 	return nil
+}
+
+func setDefaultDuration(v *time.Duration, d time.Duration) {
+	if *v == 0 {
+		*v = d
+	}
 }
 
 func setDefault(v *int, d int) {

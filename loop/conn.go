@@ -2,9 +2,8 @@ package loop
 
 import (
 	"context"
-	"sync"
+	"net/netip"
 	"sync/atomic"
-	"time"
 
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
@@ -50,6 +49,8 @@ type conn struct {
 	msgOp      ws.OpCode                  // opcode of the message being reassembled
 	role       role
 	serverID   string
+	src        netip.Addr           // source: trusted X-Forwarded-For, PROXY header, or the peer (see source)
+	proxied    bool                 // the PROXY header is consumed
 	noticeCode uint16               // phone: code of its close frame, for the close notice
 	detached   bool                 // phone: left the registry / binary: released its slot
 	connID     string               // phone: its conn_id
@@ -59,8 +60,8 @@ type conn struct {
 	// Shared: set by whichever goroutine decides the phone's fate.
 	state connState
 
-	lingerMu sync.Mutex
-	linger   *time.Timer
+	deadlines
+	rivals probeState // binary: rivals waiting on a takeover probe of this one
 }
 
 // connState is the part of a connection's fate any goroutine may decide.
@@ -116,23 +117,16 @@ func (c *conn) writeFailed(err error) {
 	_ = c.nc.Close()
 }
 
-func (c *conn) lingerTimer(d time.Duration) {
-	c.lingerMu.Lock()
-	if c.linger == nil {
-		c.linger = time.AfterFunc(d, func() { _ = c.nc.Close() })
-	}
-	c.lingerMu.Unlock()
+// startLinger bounds the wait for the peer's answer to our close.
+func (c *conn) startLinger() {
+	c.setDeadline(&c.lingerDue, c.wheelNow()+int64(c.srv.cfg.CloseLinger))
 }
 
 // onClosed is netpoll's close callback: the socket is gone, whoever closed
 // it. It never runs while the read task does.
 func (c *conn) onClosed(netpoll.Connection) error {
+	c.gone.Store(true)
 	c.out.close()
-	c.lingerMu.Lock()
-	if c.linger != nil {
-		c.linger.Stop()
-	}
-	c.lingerMu.Unlock()
 	c.releaseInput()
 	c.leave()
 	if c.upgraded {

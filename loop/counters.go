@@ -33,36 +33,46 @@ func (r DropReason) String() string { return dropReasonNames[r] }
 type CloseReason int
 
 const (
-	ClosePeer          CloseReason = iota // peer sent a close frame or dropped TCP
-	CloseProtocol                         // WebSocket protocol violation (1002)
-	CloseTooBig                           // message over the limit (1009)
-	CloseNotJSON                          // phone message not one JSON value (1000)
-	CloseBinaryGone                       // phone sent while its binary was gone (1000)
-	CloseBinaryAsked                      // binary's close directive
-	CloseBinaryBacklog                    // binary's outbox full, the sending phone closed (1011)
-	ClosePhoneBacklog                     // phone's outbox overflowed (1011)
-	CloseWriteFailed                      // a write to the peer failed or timed out
-	CloseReclaimed                        // server-id moved to a new binary (4404)
-	CloseSlotDropped                      // binary left and took its slot with it (1000)
-	CloseRegistry                         // refused by the registry after the 101 (4404/4409/4429)
-	CloseShutdown                         // relay shutting down (1001)
+	ClosePeer             CloseReason = iota // peer sent a close frame or dropped TCP
+	CloseProtocol                            // WebSocket protocol violation (1002)
+	CloseTooBig                              // message over the limit (1009)
+	CloseNotJSON                             // phone message not one JSON value (1000)
+	CloseBinaryGone                          // phone sent while its binary was gone (1000)
+	CloseBinaryAsked                         // binary's close directive
+	CloseBinaryBacklog                       // binary's outbox full, the sending phone closed (1011)
+	ClosePhoneBacklog                        // phone's outbox overflowed (1011)
+	CloseWriteFailed                         // a write to the peer failed or timed out
+	CloseReclaimed                           // server-id moved to a new binary (4404)
+	CloseSlotDropped                         // binary left and took its slot with it (1000)
+	CloseRegistry                            // refused by the registry after the 101 (4404/4409/4429)
+	CloseShutdown                            // relay shutting down (1001)
+	CloseHandshakeTimeout                    // request head not complete in time (dropped)
+	CloseReadTimeout                         // a started message not complete in time (1008)
+	CloseHeartbeat                           // no pong in time (1011)
+	CloseTakenOver                           // binary displaced by a takeover (1011)
+	CloseGraceExpired                        // phone of a slot whose grace ran out (1000)
 	numCloseReasons
 )
 
 var closeReasonNames = [numCloseReasons]string{
-	ClosePeer:          "peer",
-	CloseProtocol:      "protocol_error",
-	CloseTooBig:        "too_big",
-	CloseNotJSON:       "not_json",
-	CloseBinaryGone:    "binary_gone",
-	CloseBinaryAsked:   "binary_asked",
-	CloseBinaryBacklog: "binary_backlog_full",
-	ClosePhoneBacklog:  "phone_backlog_full",
-	CloseWriteFailed:   "write_failed",
-	CloseReclaimed:     "reclaimed",
-	CloseSlotDropped:   "slot_dropped",
-	CloseRegistry:      "registry_refused",
-	CloseShutdown:      "shutdown",
+	ClosePeer:             "peer",
+	CloseProtocol:         "protocol_error",
+	CloseTooBig:           "too_big",
+	CloseNotJSON:          "not_json",
+	CloseBinaryGone:       "binary_gone",
+	CloseBinaryAsked:      "binary_asked",
+	CloseBinaryBacklog:    "binary_backlog_full",
+	ClosePhoneBacklog:     "phone_backlog_full",
+	CloseWriteFailed:      "write_failed",
+	CloseReclaimed:        "reclaimed",
+	CloseSlotDropped:      "slot_dropped",
+	CloseRegistry:         "registry_refused",
+	CloseShutdown:         "shutdown",
+	CloseHandshakeTimeout: "handshake_timeout",
+	CloseReadTimeout:      "read_timeout",
+	CloseHeartbeat:        "heartbeat_timeout",
+	CloseTakenOver:        "taken_over",
+	CloseGraceExpired:     "grace_expired",
 }
 
 func (r CloseReason) String() string { return closeReasonNames[r] }
@@ -71,26 +81,32 @@ func (r CloseReason) String() string { return closeReasonNames[r] }
 type RejectReason int
 
 const (
-	RejectHeaders    RejectReason = iota // required pyrycode header missing or empty (400)
-	RejectServerID                       // server-id out of bounds (400)
-	RejectMalformed                      // not parseable HTTP/1.1 (400)
-	RejectHeaderSize                     // request head over the limit (431)
-	RejectNotUpgrade                     // no WebSocket upgrade headers (426)
-	RejectMethod                         // not GET (405)
-	RejectNotFound                       // unknown path (404)
-	RejectCapacity                       // max-connections reached (503)
+	RejectHeaders        RejectReason = iota // required pyrycode header missing or empty (400)
+	RejectServerID                           // server-id out of bounds (400)
+	RejectMalformed                          // not parseable HTTP/1.1 (400)
+	RejectHeaderSize                         // request head over the limit (431)
+	RejectNotUpgrade                         // no WebSocket upgrade headers (426)
+	RejectMethod                             // not GET (405)
+	RejectNotFound                           // unknown path (404)
+	RejectCapacity                           // max-connections reached (503)
+	RejectDraining                           // relay shutting down (503)
+	RejectRateLimit                          // source over its upgrade rate limit (429)
+	RejectBadProxyHeader                     // PROXY v2 header missing or bad (closed, nothing answered)
 	numRejectReasons
 )
 
 var rejectReasonNames = [numRejectReasons]string{
-	RejectHeaders:    "missing_header",
-	RejectServerID:   "bad_server_id",
-	RejectMalformed:  "malformed_request",
-	RejectHeaderSize: "header_too_large",
-	RejectNotUpgrade: "not_upgrade",
-	RejectMethod:     "bad_method",
-	RejectNotFound:   "not_found",
-	RejectCapacity:   "at_capacity",
+	RejectHeaders:        "missing_header",
+	RejectServerID:       "bad_server_id",
+	RejectMalformed:      "malformed_request",
+	RejectHeaderSize:     "header_too_large",
+	RejectNotUpgrade:     "not_upgrade",
+	RejectMethod:         "bad_method",
+	RejectNotFound:       "not_found",
+	RejectCapacity:       "at_capacity",
+	RejectDraining:       "draining",
+	RejectRateLimit:      "rate_limited",
+	RejectBadProxyHeader: "bad_proxy_header",
 }
 
 func (r RejectReason) String() string { return rejectReasonNames[r] }
@@ -104,6 +120,9 @@ type Counters struct {
 	PhoneToBinary     atomic.Uint64 // envelopes queued towards binaries
 	BinaryToPhone     atomic.Uint64 // frames queued towards phones
 	UpgradesAccepted  atomic.Uint64
+	GraceExpiries     atomic.Uint64 // grace windows that ended unclaimed
+	TakeoverProbes    atomic.Uint64 // duplicate claims that pinged the holder
+	Takeovers         atomic.Uint64 // probes the holder did not answer: slot moved
 	RegistryNoServer  atomic.Uint64
 	RegistryClaimed   atomic.Uint64
 	RegistryPhonesCap atomic.Uint64

@@ -602,7 +602,7 @@ func TestBinaryPushWakeOff(t *testing.T) {
 func TestBinaryDisconnectClosesPhones(t *testing.T) {
 	for _, how := range []string{"tcp drop", "close frame"} {
 		t.Run(how, func(t *testing.T) {
-			r := startRelay(t, loop.Config{})
+			r := startRelay(t, loop.Config{GracePeriod: shortGrace})
 			b := r.binary(t, "srv-bye")
 			other := r.binary(t, "srv-stay")
 			po := r.phone(t, "srv-stay")
@@ -821,7 +821,7 @@ func frameFrom(t *testing.T, b *peer, frame string) string {
 // A phone of a binary that has gone never sends its close notice to the
 // binary that holds the server-id now.
 func TestNoNoticeToNewBinary(t *testing.T) {
-	r := startRelay(t, loop.Config{CloseLinger: time.Hour})
+	r := startRelay(t, loop.Config{CloseLinger: time.Hour, GracePeriod: shortGrace})
 	b1 := r.binary(t, "srv-new")
 	// Raw phones neither answer the relay's close frame nor hang up, so
 	// they are still connected when the next binary claims the id.

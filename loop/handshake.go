@@ -21,6 +21,13 @@ const maxServerIDLen = 128
 // refusal, or a 101 followed by registration. It returns how many bytes it
 // used; bytes after the head are WebSocket frames the client pipelined.
 func (c *conn) handshake(data []byte) int {
+	if c.srv.cfg.ProxyProtocol && !c.proxied {
+		n := c.proxyHeader(data) // admission.go
+		if n == 0 {
+			return 0 // staged for more, or refused
+		}
+		return n + c.handshake(data[n:])
+	}
 	limit := c.srv.cfg.MaxRequestHeaderBytes
 	end := wsframe.HeaderEnd(data)
 	if end < 0 || end > limit {
@@ -73,10 +80,19 @@ func (c *conn) handshake(data []byte) int {
 		c.reject(RejectServerID, 400, "invalid X-Pyrycode-Server\n")
 		return end
 	}
+	// After the 400s (a malformed request spends no token), before 426 and
+	// 503: the order is spelled out in admission.go.
+	if !c.admit(&req) {
+		return end // 429
+	}
 	key := req.Header("Sec-WebSocket-Key")
 	if !req.HasToken("Upgrade", "websocket") || !req.HasToken("Connection", "upgrade") ||
 		string(req.Header("Sec-WebSocket-Version")) != "13" || !wsframe.ValidKey(key) {
 		c.reject(RejectNotUpgrade, 426, "websocket upgrade required\n")
+		return end
+	}
+	if c.srv.draining.Load() {
+		c.reject(RejectDraining, 503, "")
 		return end
 	}
 	if int(c.srv.live.Add(1)) > c.srv.cfg.MaxConnections {
@@ -86,9 +102,12 @@ func (c *conn) handshake(data []byte) int {
 	}
 	c.upgraded = true
 	c.serverID = string(serverID)
+	c.headDue.Store(0)
 	c.accept(key)
-	c.register(req.Header("X-Pyrycode-Device-Name"))
-	c.out.release() // only now may the 101 leave
+	if c.register(req.Header("X-Pyrycode-Device-Name")) {
+		c.out.release() // only now may the 101 leave
+		c.startHeartbeat()
+	}
 	return end
 }
 
@@ -123,17 +142,21 @@ func (c *conn) accept(key []byte) {
 
 // register records the binary's claim or attaches the phone. The decision is
 // made before the 101 leaves the outbox, so a phone dialled after a binary's
-// upgrade completed always finds it.
-func (c *conn) register(deviceName []byte) {
+// upgrade completed always finds it. It returns false when the decision is
+// pending: a rival binary holds the server-id and is being probed, and the
+// probe's outcome releases this connection's 101 (see takeover.go).
+func (c *conn) register(deviceName []byte) (decided bool) {
 	s := c.srv
 	if c.role == roleBinary {
-		if err := s.reg.Claim(c.serverID, c); err != nil {
-			s.counters.RegistryClaimed.Add(1)
-			c.refuse(err)
-			return
+		var scratch [16]*conn
+		evicted, holder, err := s.reg.Claim(c.serverID, c, scratch[:0])
+		if err != nil {
+			s.startProbe(holder, c)
+			return false
 		}
-		s.log.Info("binary connected", "server_id", c.serverID, "remote", c.nc.RemoteAddr())
-		return
+		closeReclaimed(evicted)
+		s.log.Info("binary connected", "server_id", c.serverID, "remote", c.nc.RemoteAddr(), "reclaimed_phones", len(evicted))
+		return true
 	}
 	connID, b, err := s.reg.AddPhone(c.serverID, c)
 	if err != nil {
@@ -143,10 +166,18 @@ func (c *conn) register(deviceName []byte) {
 			s.counters.RegistryPhonesCap.Add(1)
 		}
 		c.refuse(err)
-		return
+		return true
 	}
 	c.connID, c.binary = connID, b
 	s.log.Debug("phone connected", "conn_id", connID, "device", string(deviceName), "remote", c.nc.RemoteAddr())
+	return true
+}
+
+// closeReclaimed ends the phones of a server-id that a new binary took.
+func closeReclaimed(phones []*conn) {
+	for _, p := range phones {
+		p.closeWith(CloseReclaimed, 4404, "binary reclaimed server-id", false)
+	}
 }
 
 // refuse closes an upgraded connection the registry turned away.
@@ -170,7 +201,7 @@ func (c *conn) refuse(err error) {
 func (c *conn) reject(why RejectReason, status int, body string) {
 	c.readDone = true
 	c.srv.counters.Rejects[why].Add(1)
-	c.srv.log.Debug("request refused", "reason", why.String(), "status", status, "remote", c.nc.RemoteAddr())
+	c.srv.log.Debug("request refused", "reason", why.String(), "status", status, "remote", c.nc.RemoteAddr(), "source", c.source())
 	extra := ""
 	if status == 426 {
 		extra = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
@@ -214,6 +245,8 @@ func statusText(status int) string {
 		return "Method Not Allowed"
 	case 426:
 		return "Upgrade Required"
+	case 429:
+		return "Too Many Requests"
 	case 431:
 		return "Request Header Fields Too Large"
 	case 503:

@@ -17,6 +17,10 @@ import (
 // testTimeout bounds every wait in these tests.
 const testTimeout = 10 * time.Second
 
+// shortGrace is for tests about what happens once a binary's slot is gone:
+// the grace window (PROTOCOL.md section 5) still runs, just briefly.
+const shortGrace = 20 * time.Millisecond
+
 // relay is a Switchboard serving on a loopback port for one test.
 type relay struct {
 	*loop.Server

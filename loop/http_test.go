@@ -280,7 +280,7 @@ func health(t *testing.T, r *relay) (binaries, phones string) {
 }
 
 func TestHealthz(t *testing.T) {
-	r := startRelay(t, loop.Config{Version: "9.8.7-test"})
+	r := startRelay(t, loop.Config{Version: "9.8.7-test", GracePeriod: shortGrace})
 	expect := func(binaries, phones string) {
 		t.Helper()
 		if b, p := health(t, r); b != binaries || p != phones {
@@ -308,7 +308,7 @@ func TestHealthz(t *testing.T) {
 	waitFor(t, "phone detached", func() bool { return r.Phones() == 2 })
 	expect("2", "2")
 	_ = b2.conn.Close()
-	waitFor(t, "binary gone", func() bool { return r.Binaries() == 1 })
+	waitFor(t, "binary gone, its grace over", func() bool { return r.Binaries() == 1 && r.Phones() == 1 })
 	expect("1", "1")
 	_ = b1.conn.Close()
 	waitFor(t, "binary gone", func() bool { return r.Binaries() == 0 && r.Phones() == 0 })
@@ -544,7 +544,7 @@ func TestRegistryPhonesPerServer(t *testing.T) {
 }
 
 func TestRegistryNoBinaryBeforePhoneCap(t *testing.T) {
-	r := startRelay(t, loop.Config{PhonesPerServer: 2})
+	r := startRelay(t, loop.Config{PhonesPerServer: 2, GracePeriod: shortGrace})
 	b := r.binary(t, "srv-order")
 	p1 := r.phone(t, "srv-order")
 	p2 := r.phone(t, "srv-order")

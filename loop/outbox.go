@@ -5,6 +5,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/cloudwego/netpoll"
 	"github.com/valyala/bytebufferpool"
 )
 
@@ -202,6 +203,68 @@ func batchCost(batch []*bytebufferpool.ByteBuffer) (cost int) {
 	return cost
 }
 
+// writeFinalNow writes b, the connection's final frame, straight to the
+// socket when the outbox is idle, then half-closes as finish does. What the
+// kernel does not take at once goes to a writer. It reports false, leaving
+// b to the caller, only when it could not take the writer's role (a writer
+// is busy or the outbox is closing): then b must be queued with pushFinal.
+func (o *outbox) writeFinalNow(b *bytebufferpool.ByteBuffer) bool {
+	o.mu.Lock()
+	if o.state != outboxOpen || o.running {
+		o.mu.Unlock()
+		return false
+	}
+	o.running = true // hold the writer's role: pushes meanwhile only queue
+	o.mu.Unlock()
+	n, err := 0, error(errOutboxClosed)
+	o.wmu.Lock()
+	if !o.wclosed {
+		n, err = writeNonblocking(o.c.nc, b.B)
+	}
+	o.wmu.Unlock()
+	o.mu.Lock()
+	o.dropQueuedLocked() // pushed after the close frame began: never sent
+	o.state, o.after = outboxClosing, lingerClose
+	if err != nil || n == len(b.B) {
+		o.running = false
+		o.mu.Unlock()
+		putBuf(&framePool, b)
+		if err != nil {
+			o.c.writeFailed(err)
+		} else {
+			o.finish()
+		}
+		return true
+	}
+	b.B = b.B[:copy(b.B, b.B[n:])]
+	o.queue = append(o.queue, b)
+	o.charged += len(b.B) + OutboxItemOverhead
+	o.mu.Unlock()
+	o.c.srv.counters.OutboxBytesQueued.Add(int64(len(b.B) + OutboxItemOverhead))
+	go o.run() // the socket was full: a writer finishes the frame
+	return true
+}
+
+// writeNonblocking writes as much of p as the socket takes right now.
+func writeNonblocking(nc netpoll.Connection, p []byte) (int, error) {
+	fc, ok := nc.(interface{ Fd() int })
+	if !ok {
+		return 0, nil
+	}
+	for {
+		n, err := syscall.Write(fc.Fd(), p)
+		switch err {
+		case nil:
+			return n, nil
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return 0, nil
+		}
+		return 0, err
+	}
+}
+
 // finish ends the connection once its final frame is on the wire.
 func (o *outbox) finish() {
 	nc := o.c.nc
@@ -217,7 +280,7 @@ func (o *outbox) finish() {
 		_ = syscall.Shutdown(fc.Fd(), syscall.SHUT_WR)
 	}
 	o.wmu.Unlock()
-	o.c.lingerTimer(o.c.srv.cfg.CloseLinger)
+	o.c.startLinger()
 }
 
 // dropQueuedLocked frees every queued frame except a held 101, which must

@@ -15,8 +15,9 @@ func (c *conn) phoneMessage(msg []byte) {
 		c.endInSync(CloseNotJSON, 1000, "")
 		return
 	}
-	b, ok := c.srv.reg.Binary(c.serverID)
-	if !ok || b != c.binary {
+	b, live := c.srv.reg.Binary(c.serverID)
+	if !live || b != c.binary {
+		// No binary to hear it: gone, in its grace window, or replaced.
 		c.srv.counters.Drops[DropBinaryGone].Add(1)
 		c.endInSync(CloseBinaryGone, 1000, "")
 		return

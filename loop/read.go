@@ -33,6 +33,9 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 		used = c.consume(data)
 	}
 	c.keepTail(data[used:])
+	if c.upgraded && !c.readDone {
+		c.trackMessage()
+	}
 	_ = r.Skip(n)
 	return r.Release()
 }
@@ -184,7 +187,7 @@ func (c *conn) control(op ws.OpCode, payload []byte) {
 		b.B = append(b.B, payload...)
 		c.out.push(b, controlSlack)
 	case ws.OpPong:
-		// Heartbeats are not yet tracked; an unsolicited pong is allowed.
+		c.gotPong() // unsolicited pongs are allowed and count the same
 	case ws.OpClose:
 		code, err := wsframe.ParseCloseBody(payload)
 		if err != nil {

@@ -60,10 +60,13 @@ type Server struct {
 	reg          *registry.Registry[*conn, *conn]
 	counters     Counters
 	live         atomic.Int64 // upgraded connections still open
+	draining     atomic.Bool  // Shutdown has begun: upgrades are refused
 	started      time.Time
 	versionJSON  []byte
 	tooBigReason string
 	evl          netpoll.EventLoop
+	limiter      *rateLimiter // nil when the rate limit is off
+	wheel        *wheel
 }
 
 // New builds a relay from cfg after filling defaults and validating it.
@@ -84,6 +87,7 @@ func New(cfg Config) (*Server, error) {
 		started:      time.Now(),
 		versionJSON:  version,
 		tooBigReason: fmt.Sprintf("read limited at %d bytes", cfg.MaxMessageBytes+1),
+		limiter:      newRateLimiter(cfg.RateLimitBurst, cfg.RateLimitInterval, cfg.RateLimitMaxSources),
 	}
 	evl, err := netpoll.NewEventLoop(s.onRequest,
 		netpoll.WithOnPrepare(s.onPrepare),
@@ -93,15 +97,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.evl = evl
+	s.wheel = newWheel(wheelTick(cfg.HeartbeatInterval, cfg.PongTimeout, cfg.HandshakeTimeout,
+		cfg.MessageReadTimeout, cfg.GracePeriod, cfg.TakeoverTimeout, cfg.CloseLinger))
+	go s.wheel.run()
 	return s, nil
 }
 
 // Serve accepts connections on ln until Shutdown. It blocks.
 func (s *Server) Serve(ln net.Listener) error { return s.evl.Serve(ln) }
-
-// Shutdown stops accepting and closes the listener; open connections are
-// not yet drained (a later issue adds the 1001 drain).
-func (s *Server) Shutdown(ctx context.Context) error { return s.evl.Shutdown(ctx) }
 
 // Counters exposes the relay's running tallies.
 func (s *Server) Counters() *Counters { return &s.counters }
@@ -122,6 +125,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	c := &conn{Context: context.Background(), srv: s, nc: nc}
 	c.out.init(c, s.cfg.PhoneOutboxBytes)
 	_ = nc.AddCloseCallback(c.onClosed)
+	c.setDeadline(&c.headDue, c.wheelNow()+int64(s.cfg.HandshakeTimeout))
 	return c
 }
 

@@ -41,7 +41,7 @@ func expectMsg(t *testing.T, p *peer, want string) {
 }
 
 func TestFragmentedPhoneMessages(t *testing.T) {
-	r := startRelay(t, loop.Config{})
+	r := startRelay(t, loop.Config{GracePeriod: shortGrace})
 	b := r.binary(t, "srv-frag")
 	ph := rawPhone(t, r.addr, "srv-frag")
 	id := rawConnID(t, ph, b)
@@ -93,7 +93,7 @@ func TestFragmentedPhoneMessages(t *testing.T) {
 }
 
 func TestPingBetweenFragments(t *testing.T) {
-	r := startRelay(t, loop.Config{})
+	r := startRelay(t, loop.Config{GracePeriod: shortGrace})
 	b := r.binary(t, "srv-ping")
 	ph := rawPhone(t, r.addr, "srv-ping")
 	id := rawConnID(t, ph, b)
@@ -136,7 +136,7 @@ func TestPingBetweenFragments(t *testing.T) {
 }
 
 func TestCloseHandshake(t *testing.T) {
-	r := startRelay(t, loop.Config{})
+	r := startRelay(t, loop.Config{GracePeriod: shortGrace})
 	b := r.binary(t, "srv-close")
 
 	t.Run("raw phone, code and reason", func(t *testing.T) {
@@ -189,7 +189,7 @@ func TestCloseHandshake(t *testing.T) {
 }
 
 func TestProtocolViolations(t *testing.T) {
-	r := startRelay(t, loop.Config{})
+	r := startRelay(t, loop.Config{GracePeriod: shortGrace})
 	b := r.binary(t, "srv-proto")
 
 	text := func(s string) []byte { return cframe(true, opText, []byte(s)) }
@@ -277,7 +277,7 @@ func TestMessageSizeLimit(t *testing.T) {
 			limit = loop.DefaultMaxMessageBytes
 		}
 		t.Run(strconv.Itoa(limit), func(t *testing.T) {
-			r := startRelay(t, loop.Config{MaxMessageBytes: max})
+			r := startRelay(t, loop.Config{MaxMessageBytes: max, GracePeriod: shortGrace})
 			reason := "read limited at " + strconv.Itoa(limit+1) + " bytes"
 			b := r.binary(t, "srv-size")
 

@@ -13,7 +13,7 @@ func benchRegistry(b *testing.B) (r *reg, sids []string, holders []*conn, ids []
 	for i := 0; i < servers; i++ {
 		sid := fmt.Sprintf("srv-%08x", i)
 		h := &conn{sid}
-		if err := r.Claim(sid, h); err != nil {
+		if _, _, err := r.Claim(sid, h, nil); err != nil {
 			b.Fatal(err)
 		}
 		var last string

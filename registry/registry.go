@@ -43,6 +43,8 @@ type shard[B, P comparable] struct {
 
 type slot[B, P comparable] struct {
 	binary B
+	live   bool   // false while the slot waits out its binary's grace window
+	gen    uint64 // bumped whenever the holder changes or leaves: stale timers compare it
 	phones []phoneEntry[P]
 }
 
@@ -64,38 +66,108 @@ func (r *Registry[B, P]) shard(serverID string) *shard[B, P] {
 	return &r.shards[maphash.String(r.seed, serverID)%shardCount]
 }
 
-// Claim records b as the holder of serverID, or returns ErrClaimed when
-// another binary holds it.
-func (r *Registry[B, P]) Claim(serverID string, b B) error {
-	s := r.shard(serverID)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if sl := s.slots[serverID]; sl != nil {
-		return ErrClaimed
-	}
-	s.slots[serverID] = &slot[B, P]{binary: b}
-	r.binaries.Add(1)
-	return nil
-}
-
-// Release removes serverID's slot if b still holds it, appending the phones
-// that were attached to dst for the caller to close. It returns dst
-// unchanged when b is not the holder (a newer binary owns the slot).
-func (r *Registry[B, P]) Release(serverID string, b B, dst []P) []P {
+// Claim records b as the holder of serverID. A slot waiting out its grace
+// window is reclaimed at once: its phones are appended to evicted for the
+// caller to close. When a live binary holds the slot, Claim returns that
+// holder and ErrClaimed; the caller decides (a takeover probe) and may then
+// call Takeover.
+func (r *Registry[B, P]) Claim(serverID string, b B, evicted []P) ([]P, B, error) {
 	s := r.shard(serverID)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sl := s.slots[serverID]
-	if sl == nil || sl.binary != b {
-		return dst
+	switch {
+	case sl == nil:
+		s.slots[serverID] = &slot[B, P]{binary: b, live: true}
+	case sl.live:
+		return evicted, sl.binary, ErrClaimed
+	default: // reclaim within grace
+		evicted = sl.takePhones(r, evicted)
+		sl.binary, sl.live = b, true
+		sl.gen++
+	}
+	r.binaries.Add(1)
+	return evicted, b, nil
+}
+
+// Takeover gives serverID to b when old still holds it live, appending
+// old's phones to evicted. ok is false when old no longer holds it.
+func (r *Registry[B, P]) Takeover(serverID string, old, b B, evicted []P) (_ []P, ok bool) {
+	s := r.shard(serverID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := s.slots[serverID]
+	if sl == nil || !sl.live || sl.binary != old {
+		return evicted, false
+	}
+	evicted = sl.takePhones(r, evicted)
+	sl.binary = b
+	sl.gen++
+	return evicted, true
+}
+
+// Release is called when b's connection ends. With grace, b's slot (and
+// its phones) is kept, not live, and the returned generation identifies this
+// grace window for Expire. Without grace the slot goes and its phones are
+// appended to dst. Nothing happens when b is not the holder.
+func (r *Registry[B, P]) Release(serverID string, b B, grace bool, dst []P) (_ []P, gen uint64, held bool) {
+	s := r.shard(serverID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := s.slots[serverID]
+	if sl == nil || sl.binary != b || !sl.live {
+		return dst, 0, false
+	}
+	r.binaries.Add(-1)
+	if grace {
+		sl.live = false
+		sl.gen++
+		return dst, sl.gen, true
 	}
 	delete(s.slots, serverID)
-	r.binaries.Add(-1)
-	r.phones.Add(-int64(len(sl.phones)))
-	for _, pe := range sl.phones {
-		dst = append(dst, pe.phone)
+	return sl.takePhones(r, dst), 0, false
+}
+
+// Expire ends the grace window gen of b's slot, appending its phones to dst.
+// A window that was reclaimed, taken over or replaced meanwhile has another
+// generation and is left alone: a stale timer never evicts a newer holder.
+func (r *Registry[B, P]) Expire(serverID string, b B, gen uint64, dst []P) (_ []P, ok bool) {
+	s := r.shard(serverID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := s.slots[serverID]
+	if sl == nil || sl.live || sl.binary != b || sl.gen != gen {
+		return dst, false
 	}
+	delete(s.slots, serverID)
+	return sl.takePhones(r, dst), true
+}
+
+func (sl *slot[B, P]) takePhones(r *Registry[B, P], dst []P) []P {
+	for i, pe := range sl.phones {
+		dst = append(dst, pe.phone)
+		sl.phones[i] = phoneEntry[P]{}
+	}
+	r.phones.Add(-int64(len(sl.phones)))
+	sl.phones = sl.phones[:0]
 	return dst
+}
+
+// Each appends every binary (live or in grace) and every phone, one shard
+// at a time; shutdown uses it to reach every registered connection.
+func (r *Registry[B, P]) Each(binaries []B, phones []P) ([]B, []P) {
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.RLock()
+		for _, sl := range s.slots {
+			binaries = append(binaries, sl.binary)
+			for _, pe := range sl.phones {
+				phones = append(phones, pe.phone)
+			}
+		}
+		s.mu.RUnlock()
+	}
+	return binaries, phones
 }
 
 // AddPhone attaches p to serverID's binary under a fresh conn_id of the form
@@ -141,16 +213,17 @@ func (r *Registry[B, P]) RemovePhone(serverID, connID string, p P) (current B) {
 	return sl.binary
 }
 
-// Binary returns the binary holding serverID.
-func (r *Registry[B, P]) Binary(serverID string) (b B, ok bool) {
+// Binary returns the binary holding serverID and whether it is connected
+// (false while the slot waits out its grace window); b is the zero B when no
+// binary holds it.
+func (r *Registry[B, P]) Binary(serverID string) (b B, live bool) {
 	s := r.shard(serverID)
 	s.mu.RLock()
-	sl := s.slots[serverID]
-	if sl != nil {
-		b, ok = sl.binary, true
+	if sl := s.slots[serverID]; sl != nil {
+		b, live = sl.binary, sl.live
 	}
 	s.mu.RUnlock()
-	return b, ok
+	return b, live
 }
 
 // Phone returns the phone with connID among serverID's phones, provided b
@@ -170,7 +243,8 @@ func (r *Registry[B, P]) Phone(serverID string, b B, connID []byte) (p P, ok boo
 	return p, ok
 }
 
-// Binaries is the number of server-ids held by a binary.
+// Binaries is the number of server-ids held by a connected binary (slots in
+// their grace window are not counted).
 func (r *Registry[B, P]) Binaries() int { return int(r.binaries.Load()) }
 
 // Phones is the number of attached phones.

@@ -34,28 +34,31 @@ func checkConnID(t testing.TB, serverID, id string) {
 func TestClaim(t *testing.T) {
 	r := newReg(16)
 	b1, b2 := &conn{"b1"}, &conn{"b2"}
-	if _, ok := r.Binary("s"); ok {
+	if b, live := r.Binary("s"); b != nil || live {
 		t.Fatal("empty registry has a binary")
 	}
-	if err := r.Claim("s", b1); err != nil {
-		t.Fatal(err)
+	sentinel := &conn{"already in evicted"}
+	ev, h, err := r.Claim("s", b1, []*conn{sentinel})
+	if err != nil || h != b1 || len(ev) != 1 || ev[0] != sentinel {
+		t.Fatalf("first claim = %v, %v, %v", ev, h, err)
 	}
-	if err := r.Claim("s", b2); !errors.Is(err, ErrClaimed) {
-		t.Fatalf("second claim: %v, want ErrClaimed", err)
+	ev, h, err = r.Claim("s", b2, []*conn{sentinel})
+	if !errors.Is(err, ErrClaimed) || h != b1 || len(ev) != 1 || ev[0] != sentinel {
+		t.Fatalf("second claim: %v, %v, %v; want ErrClaimed by b1", ev, h, err)
 	}
-	if err := r.Claim("s", b1); !errors.Is(err, ErrClaimed) {
-		t.Fatalf("repeated claim by the holder: %v, want ErrClaimed", err)
+	if _, h, err := r.Claim("s", b1, nil); !errors.Is(err, ErrClaimed) || h != b1 {
+		t.Fatalf("repeated claim by the holder: %v, %v; want ErrClaimed", h, err)
 	}
-	if b, ok := r.Binary("s"); !ok || b != b1 {
-		t.Fatalf("Binary = %v, %v; want b1", b, ok)
+	if b, live := r.Binary("s"); !live || b != b1 {
+		t.Fatalf("Binary = %v, %v; want b1", b, live)
 	}
 	// Server-ids are exact strings.
 	for _, other := range []string{"S", "s ", "", "s\x00"} {
-		if _, ok := r.Binary(other); ok {
+		if b, live := r.Binary(other); b != nil || live {
 			t.Fatalf("Binary(%q) found s's binary", other)
 		}
 	}
-	if err := r.Claim("t", b2); err != nil {
+	if _, _, err := r.Claim("t", b2, nil); err != nil {
 		t.Fatalf("claim of another id: %v", err)
 	}
 	if r.Binaries() != 2 || r.Phones() != 0 {
@@ -66,7 +69,7 @@ func TestClaim(t *testing.T) {
 func TestRelease(t *testing.T) {
 	r := newReg(16)
 	b1, b2 := &conn{"b1"}, &conn{"b2"}
-	if err := r.Claim("s", b1); err != nil {
+	if _, _, err := r.Claim("s", b1, nil); err != nil {
 		t.Fatal(err)
 	}
 	phones := []*conn{{"p1"}, {"p2"}, {"p3"}}
@@ -78,21 +81,23 @@ func TestRelease(t *testing.T) {
 	sentinel := &conn{"already in dst"}
 	dst := []*conn{sentinel}
 
-	// Not the holder: nothing happens.
-	if got := r.Release("s", b2, dst); len(got) != 1 || got[0] != sentinel {
-		t.Fatalf("Release by a non-holder returned %v", got)
+	// Not the holder: nothing happens, with or without grace.
+	for _, grace := range []bool{false, true} {
+		if got, gen, held := r.Release("s", b2, grace, dst); len(got) != 1 || got[0] != sentinel || gen != 0 || held {
+			t.Fatalf("Release(grace=%v) by a non-holder returned %v, %d, %v", grace, got, gen, held)
+		}
+		if got, gen, held := r.Release("nope", b1, grace, dst); len(got) != 1 || gen != 0 || held {
+			t.Fatalf("Release(grace=%v) of an unknown id returned %v, %d, %v", grace, got, gen, held)
+		}
 	}
-	if got := r.Release("nope", b1, dst); len(got) != 1 {
-		t.Fatalf("Release of an unknown id returned %v", got)
-	}
-	if b, ok := r.Binary("s"); !ok || b != b1 || r.Binaries() != 1 || r.Phones() != 3 {
-		t.Fatalf("non-holder release changed the slot: %v %v %d %d", b, ok, r.Binaries(), r.Phones())
+	if b, live := r.Binary("s"); !live || b != b1 || r.Binaries() != 1 || r.Phones() != 3 {
+		t.Fatalf("non-holder release changed the slot: %v %v %d %d", b, live, r.Binaries(), r.Phones())
 	}
 
-	// The holder: phones come back appended, the slot goes.
-	got := r.Release("s", b1, dst)
-	if len(got) != 4 || got[0] != sentinel {
-		t.Fatalf("Release returned %v", got)
+	// The holder, without grace: phones come back appended, the slot goes.
+	got, gen, held := r.Release("s", b1, false, dst)
+	if len(got) != 4 || got[0] != sentinel || gen != 0 || held {
+		t.Fatalf("Release returned %v, %d, %v", got, gen, held)
 	}
 	seen := map[*conn]bool{}
 	for _, p := range got[1:] {
@@ -103,11 +108,14 @@ func TestRelease(t *testing.T) {
 			t.Fatalf("Release did not return %s", p.name)
 		}
 	}
-	if _, ok := r.Binary("s"); ok || r.Binaries() != 0 || r.Phones() != 0 {
-		t.Fatalf("after release: binaries %d phones %d", r.Binaries(), r.Phones())
+	if b, live := r.Binary("s"); b != nil || live || r.Binaries() != 0 || r.Phones() != 0 {
+		t.Fatalf("after release: binary %v, binaries %d phones %d", b, r.Binaries(), r.Phones())
 	}
-	if got := r.Release("s", b1, nil); len(got) != 0 {
-		t.Fatalf("second release returned %v", got)
+	if got, _, held := r.Release("s", b1, false, nil); len(got) != 0 || held {
+		t.Fatalf("second release returned %v, %v", got, held)
+	}
+	if got, _, held := r.Release("s", b1, true, nil); len(got) != 0 || held {
+		t.Fatalf("grace release after release returned %v, %v", got, held)
 	}
 	if _, _, err := r.AddPhone("s", &conn{"late"}); !errors.Is(err, ErrNoServer) {
 		t.Fatalf("AddPhone after release: %v", err)
@@ -115,13 +123,15 @@ func TestRelease(t *testing.T) {
 
 	// The id can be claimed again, by anyone, and the old holder's release
 	// must not evict the new one.
-	if err := r.Claim("s", b2); err != nil {
-		t.Fatal(err)
+	if ev, _, err := r.Claim("s", b2, nil); err != nil || len(ev) != 0 {
+		t.Fatal(ev, err)
 	}
-	if got := r.Release("s", b1, nil); len(got) != 0 {
-		t.Fatalf("stale release returned %v", got)
+	for _, grace := range []bool{false, true} {
+		if got, _, held := r.Release("s", b1, grace, nil); len(got) != 0 || held {
+			t.Fatalf("stale release (grace=%v) returned %v, %v", grace, got, held)
+		}
 	}
-	if b, ok := r.Binary("s"); !ok || b != b2 || r.Binaries() != 1 {
+	if b, live := r.Binary("s"); !live || b != b2 || r.Binaries() != 1 {
 		t.Fatal("stale release evicted the new holder")
 	}
 }
@@ -132,7 +142,7 @@ func TestAddPhone(t *testing.T) {
 		t.Fatalf("AddPhone with no binary: %v", err)
 	}
 	b := &conn{"b"}
-	if err := r.Claim("s", b); err != nil {
+	if _, _, err := r.Claim("s", b, nil); err != nil {
 		t.Fatal(err)
 	}
 	ids := map[string]bool{}
@@ -170,7 +180,7 @@ func TestPhoneCapExact(t *testing.T) {
 		if _, _, err := r.AddPhone("s", &conn{}); !errors.Is(err, ErrNoServer) {
 			t.Fatalf("max %d: no-binary check must come first, got %v", max, err)
 		}
-		if err := r.Claim("s", b); err != nil {
+		if _, _, err := r.Claim("s", b, nil); err != nil {
 			t.Fatal(err)
 		}
 		var ids []string
@@ -208,7 +218,7 @@ func TestPhoneCapExact(t *testing.T) {
 func TestConnIDForm(t *testing.T) {
 	r := newReg(16)
 	for _, sid := range []string{"s", "srv-1", "0123456789abcdef", strings.Repeat("x", 128), "a.b_c~d!e", "-", "client-x-00000000"} {
-		if err := r.Claim(sid, &conn{}); err != nil {
+		if _, _, err := r.Claim(sid, &conn{}, nil); err != nil {
 			t.Fatal(err)
 		}
 		for i := 0; i < 4; i++ {
@@ -226,7 +236,7 @@ func TestConnIDForm(t *testing.T) {
 func TestConnIDUnique(t *testing.T) {
 	r := newReg(16)
 	b := &conn{}
-	if err := r.Claim("s", b); err != nil {
+	if _, _, err := r.Claim("s", b, nil); err != nil {
 		t.Fatal(err)
 	}
 	type live struct {
@@ -273,7 +283,7 @@ func TestRemovePhone(t *testing.T) {
 	if got := r.RemovePhone("s", "client-s-00000000", p1); got != nil {
 		t.Fatalf("RemovePhone on a missing slot returned %v", got)
 	}
-	if err := r.Claim("s", b1); err != nil {
+	if _, _, err := r.Claim("s", b1, nil); err != nil {
 		t.Fatal(err)
 	}
 	id1, _, _ := r.AddPhone("s", p1)
@@ -302,10 +312,10 @@ func TestRemovePhone(t *testing.T) {
 
 	// After the slot changes hands the caller learns the new holder, and
 	// can tell it is not the binary p2 was attached to.
-	if ps := r.Release("s", b1, nil); len(ps) != 1 || ps[0] != p2 {
+	if ps, _, _ := r.Release("s", b1, false, nil); len(ps) != 1 || ps[0] != p2 {
 		t.Fatalf("Release = %v", ps)
 	}
-	if err := r.Claim("s", b2); err != nil {
+	if _, _, err := r.Claim("s", b2, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := r.RemovePhone("s", id2, p2); got != b2 {
@@ -320,8 +330,8 @@ func TestPhoneLookupBoundaries(t *testing.T) {
 	r := newReg(16)
 	bA, bB := &conn{"bA"}, &conn{"bB"}
 	pA, pB := &conn{"pA"}, &conn{"pB"}
-	_ = r.Claim("A", bA)
-	_ = r.Claim("B", bB)
+	_, _, _ = r.Claim("A", bA, nil)
+	_, _, _ = r.Claim("B", bB, nil)
 	idA, _, _ := r.AddPhone("A", pA)
 	idB, _, _ := r.AddPhone("B", pB)
 
@@ -351,9 +361,9 @@ func TestPhoneLookupBoundaries(t *testing.T) {
 		}
 	}
 	// A binary that released its id cannot reach phones of the new holder.
-	_ = r.Release("A", bA, nil)
+	_, _, _ = r.Release("A", bA, false, nil)
 	bA2 := &conn{"bA2"}
-	_ = r.Claim("A", bA2)
+	_, _, _ = r.Claim("A", bA2, nil)
 	idA2, _, _ := r.AddPhone("A", &conn{})
 	if _, ok := r.Phone("A", bA, []byte(idA2)); ok {
 		t.Fatal("released binary reached the new holder's phone")
@@ -363,7 +373,7 @@ func TestPhoneLookupBoundaries(t *testing.T) {
 // Value types work as handles too, with the zero value meaning none.
 func TestValueHandles(t *testing.T) {
 	r := New[int, string](2)
-	if err := r.Claim("s", 7); err != nil {
+	if _, _, err := r.Claim("s", 7, nil); err != nil {
 		t.Fatal(err)
 	}
 	id, b, err := r.AddPhone("s", "phone")
@@ -384,7 +394,7 @@ func TestValueHandles(t *testing.T) {
 func TestLookupAllocs(t *testing.T) {
 	r := newReg(16)
 	b := &conn{}
-	_ = r.Claim("srv-0123456789", b)
+	_, _, _ = r.Claim("srv-0123456789", b, nil)
 	var last string
 	for i := 0; i < 16; i++ {
 		last, _, _ = r.AddPhone("srv-0123456789", &conn{})
@@ -442,7 +452,7 @@ func TestConcurrent(t *testing.T) {
 			me := &conn{fmt.Sprint("worker", w)}
 			for s := 0; s < shared; s++ {
 				sid := fmt.Sprint("shared-", s)
-				if err := r.Claim(sid, me); err == nil {
+				if _, _, err := r.Claim(sid, me, nil); err == nil {
 					claimWins[s].Add(1)
 					sharedBinaries[s].Store(me)
 				} else if !errors.Is(err, ErrClaimed) {
@@ -470,7 +480,7 @@ func TestConcurrent(t *testing.T) {
 				for i := 0; i < ownIDs; i++ {
 					sid := fmt.Sprintf("w%d-%d", w, i)
 					b := &conn{sid}
-					if err := r.Claim(sid, b); err != nil {
+					if _, _, err := r.Claim(sid, b, nil); err != nil {
 						fail("claim %s: %v", sid, err)
 						return
 					}
@@ -502,7 +512,7 @@ func TestConcurrent(t *testing.T) {
 						}
 						ps = ps[1:]
 					}
-					rel := r.Release(sid, b, nil)
+					rel, _, _ := r.Release(sid, b, false, nil)
 					if len(rel) != len(ps) {
 						fail("Release %s returned %d phones, want %d", sid, len(rel), len(ps))
 					}
@@ -539,11 +549,682 @@ func TestConcurrent(t *testing.T) {
 	}
 	for s := 0; s < shared; s++ {
 		sid := fmt.Sprint("shared-", s)
-		if ps := r.Release(sid, sharedBinaries[s].Load(), nil); len(ps) != maxPhones {
+		if ps, _, _ := r.Release(sid, sharedBinaries[s].Load(), false, nil); len(ps) != maxPhones {
 			t.Fatalf("Release %s returned %d phones", sid, len(ps))
 		}
 	}
 	if r.Binaries() != 0 || r.Phones() != 0 {
 		t.Fatalf("counts after teardown %d/%d", r.Binaries(), r.Phones())
+	}
+}
+
+// withPhones claims serverID for b and attaches n phones, returning them in
+// order with their conn_ids.
+func withPhones(t *testing.T, r *reg, serverID string, b *conn, n int) (ps []*conn, ids []string) {
+	t.Helper()
+	if ev, h, err := r.Claim(serverID, b, nil); err != nil || h != b || len(ev) != 0 {
+		t.Fatalf("Claim(%s, %s) = %v, %v, %v", serverID, b.name, ev, h, err)
+	}
+	for i := 0; i < n; i++ {
+		p := &conn{fmt.Sprintf("%s-p%d", b.name, i)}
+		id, got, err := r.AddPhone(serverID, p)
+		if err != nil || got != b {
+			t.Fatalf("AddPhone(%s) = %v, %v", serverID, got, err)
+		}
+		ps, ids = append(ps, p), append(ids, id)
+	}
+	return ps, ids
+}
+
+// sameSet asserts got holds exactly want, in any order, each once.
+func sameSet(t *testing.T, what string, got, want []*conn) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: got %d (%v), want %d", what, len(got), got, len(want))
+	}
+	left := map[*conn]int{}
+	for _, p := range want {
+		left[p]++
+	}
+	for _, p := range got {
+		if left[p] == 0 {
+			t.Fatalf("%s: unexpected or repeated %v", what, p)
+		}
+		left[p]--
+	}
+}
+
+func TestGraceHold(t *testing.T) {
+	r := newReg(4)
+	b1, other := &conn{"b1"}, &conn{"other"}
+	ps, ids := withPhones(t, r, "s", b1, 3)
+	withPhones(t, r, "t", other, 1)
+	if r.Binaries() != 2 || r.Phones() != 4 {
+		t.Fatalf("counts %d/%d, want 2/4", r.Binaries(), r.Phones())
+	}
+
+	sentinel := &conn{"already in dst"}
+	dst, gen, held := r.Release("s", b1, true, []*conn{sentinel})
+	if !held || gen == 0 || len(dst) != 1 || dst[0] != sentinel {
+		t.Fatalf("Release(grace) = %v, %d, %v; want dst untouched, held", dst, gen, held)
+	}
+	// The slot stays with its phones; only the live-binary count drops.
+	if b, live := r.Binary("s"); b != b1 || live {
+		t.Fatalf("Binary during grace = %v, %v; want b1, false", b, live)
+	}
+	if r.Binaries() != 1 || r.Phones() != 4 {
+		t.Fatalf("counts during grace %d/%d, want 1/4", r.Binaries(), r.Phones())
+	}
+	// The grace slot is not live: further releases and takeovers are no-ops.
+	for _, grace := range []bool{false, true} {
+		if got, g, h := r.Release("s", b1, grace, nil); len(got) != 0 || g != 0 || h {
+			t.Fatalf("Release(grace=%v) during grace = %v, %d, %v", grace, got, g, h)
+		}
+	}
+	if got, ok := r.Takeover("s", b1, &conn{"w"}, nil); ok || len(got) != 0 {
+		t.Fatalf("Takeover of a grace slot = %v, %v", got, ok)
+	}
+	if b, live := r.Binary("s"); b != b1 || live || r.Binaries() != 1 || r.Phones() != 4 {
+		t.Fatalf("no-ops changed the grace slot: %v %v %d/%d", b, live, r.Binaries(), r.Phones())
+	}
+
+	// Phones can still come and go, against the departed binary.
+	p4 := &conn{"p4"}
+	id4, got, err := r.AddPhone("s", p4)
+	if err != nil || got != b1 {
+		t.Fatalf("AddPhone during grace = %v, %v; want b1", got, err)
+	}
+	checkConnID(t, "s", id4)
+	if _, _, err := r.AddPhone("s", &conn{}); !errors.Is(err, ErrPhonesAtCap) {
+		t.Fatalf("AddPhone over the cap during grace: %v", err)
+	}
+	if got := r.RemovePhone("s", ids[0], ps[0]); got != b1 || r.Phones() != 4 {
+		t.Fatalf("RemovePhone during grace = %v, phones %d", got, r.Phones())
+	}
+	if r.Binaries() != 1 {
+		t.Fatalf("Binaries = %d", r.Binaries())
+	}
+
+	// The grace window's phones all come back when it expires.
+	out, ok := r.Expire("s", b1, gen, nil)
+	if !ok {
+		t.Fatal("Expire of the current window failed")
+	}
+	sameSet(t, "Expire", out, []*conn{ps[1], ps[2], p4})
+	if r.Binaries() != 1 || r.Phones() != 1 {
+		t.Fatalf("counts after expire %d/%d, want 1/1", r.Binaries(), r.Phones())
+	}
+}
+
+func TestGraceReclaim(t *testing.T) {
+	r := newReg(16)
+	b1, b2, b3 := &conn{"b1"}, &conn{"b2"}, &conn{"b3"}
+	ps, ids := withPhones(t, r, "s", b1, 2)
+	_, gen1, held := r.Release("s", b1, true, nil)
+	if !held {
+		t.Fatal("Release(grace) did not hold")
+	}
+
+	// A new binary reclaims at once; the departed binary's phones come
+	// back appended for the caller to close.
+	sentinel := &conn{"already in evicted"}
+	ev, h, err := r.Claim("s", b2, []*conn{sentinel})
+	if err != nil || h != b2 {
+		t.Fatalf("reclaim = %v, %v; want b2, nil", h, err)
+	}
+	if len(ev) == 0 || ev[0] != sentinel {
+		t.Fatalf("reclaim dropped what was in evicted: %v", ev)
+	}
+	sameSet(t, "reclaim evicted", ev[1:], ps)
+	if b, live := r.Binary("s"); b != b2 || !live {
+		t.Fatalf("Binary after reclaim = %v, %v; want b2, true", b, live)
+	}
+	if r.Binaries() != 1 || r.Phones() != 0 {
+		t.Fatalf("counts after reclaim %d/%d, want 1/0", r.Binaries(), r.Phones())
+	}
+	for _, id := range ids {
+		for _, b := range []*conn{b1, b2} {
+			if _, ok := r.Phone("s", b, []byte(id)); ok {
+				t.Fatalf("evicted phone %s still reachable by %s", id, b.name)
+			}
+		}
+	}
+	// Live again: claims are refused, and the departed binary can do nothing.
+	if _, h, err := r.Claim("s", b3, nil); !errors.Is(err, ErrClaimed) || h != b2 {
+		t.Fatalf("claim over a reclaimed slot = %v, %v", h, err)
+	}
+	if got, _, held := r.Release("s", b1, true, nil); len(got) != 0 || held {
+		t.Fatal("departed binary released the new holder")
+	}
+	if got, ok := r.Expire("s", b1, gen1, nil); ok || len(got) != 0 {
+		t.Fatal("departed binary's timer expired the new holder")
+	}
+	pNew := &conn{"new"}
+	id, got, err := r.AddPhone("s", pNew)
+	if err != nil || got != b2 {
+		t.Fatalf("AddPhone after reclaim = %v, %v", got, err)
+	}
+	if _, ok := r.Phone("s", b1, []byte(id)); ok {
+		t.Fatal("departed binary reached the new holder's phone")
+	}
+	if r.Binaries() != 1 || r.Phones() != 1 {
+		t.Fatalf("counts %d/%d, want 1/1", r.Binaries(), r.Phones())
+	}
+
+	// A reclaim of a grace slot with no phones evicts nothing.
+	if _, _, held := r.Release("s", b2, true, nil); !held {
+		t.Fatal("b2 Release(grace) did not hold")
+	}
+	if got := r.RemovePhone("s", id, pNew); got != b2 || r.Phones() != 0 {
+		t.Fatalf("RemovePhone during grace = %v, phones %d", got, r.Phones())
+	}
+	ev, h, err = r.Claim("s", b3, nil)
+	if err != nil || h != b3 || len(ev) != 0 {
+		t.Fatalf("reclaim of an empty grace slot = %v, %v, %v", ev, h, err)
+	}
+	if r.Binaries() != 1 || r.Phones() != 0 {
+		t.Fatalf("counts %d/%d, want 1/0", r.Binaries(), r.Phones())
+	}
+}
+
+func TestExpire(t *testing.T) {
+	r := newReg(16)
+	b1, b2 := &conn{"b1"}, &conn{"b2"}
+
+	// Nothing to expire: unknown id, and a live slot.
+	if got, ok := r.Expire("s", b1, 0, nil); ok || len(got) != 0 {
+		t.Fatal("Expire of an unknown id succeeded")
+	}
+	ps, ids := withPhones(t, r, "s", b1, 3)
+	for _, g := range []uint64{0, 1, 2} {
+		if got, ok := r.Expire("s", b1, g, nil); ok || len(got) != 0 {
+			t.Fatalf("Expire(gen %d) of a live slot succeeded", g)
+		}
+	}
+	_, gen, held := r.Release("s", b1, true, nil)
+	if !held {
+		t.Fatal("Release(grace) did not hold")
+	}
+
+	// The wrong binary or generation leaves the window alone.
+	sentinel := &conn{"already in dst"}
+	for _, c := range []struct {
+		b   *conn
+		gen uint64
+	}{{b2, gen}, {nil, gen}, {b1, gen - 1}, {b1, gen + 1}, {b1, 0}} {
+		got, ok := r.Expire("s", c.b, c.gen, []*conn{sentinel})
+		if ok || len(got) != 1 || got[0] != sentinel {
+			t.Fatalf("Expire(%v, %d) = %v, %v; want nothing", c.b, c.gen, got, ok)
+		}
+	}
+	if b, live := r.Binary("s"); b != b1 || live || r.Phones() != 3 {
+		t.Fatalf("refused Expire changed the slot: %v %v %d", b, live, r.Phones())
+	}
+
+	// The matching one ends it: phones appended, slot gone.
+	got, ok := r.Expire("s", b1, gen, []*conn{sentinel})
+	if !ok || len(got) == 0 || got[0] != sentinel {
+		t.Fatalf("Expire = %v, %v", got, ok)
+	}
+	sameSet(t, "Expire", got[1:], ps)
+	if b, live := r.Binary("s"); b != nil || live {
+		t.Fatalf("Binary after expire = %v, %v", b, live)
+	}
+	if r.Binaries() != 0 || r.Phones() != 0 {
+		t.Fatalf("counts after expire %d/%d", r.Binaries(), r.Phones())
+	}
+	if _, ok := r.Phone("s", b1, []byte(ids[0])); ok {
+		t.Fatal("expired phone still reachable")
+	}
+	if _, _, err := r.AddPhone("s", &conn{}); !errors.Is(err, ErrNoServer) {
+		t.Fatalf("AddPhone after expire: %v", err)
+	}
+	// Only once.
+	if got, ok := r.Expire("s", b1, gen, nil); ok || len(got) != 0 {
+		t.Fatal("second Expire succeeded")
+	}
+	// And the id is free again.
+	if _, _, err := r.Claim("s", b2, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A timer for a window that was since reclaimed is stale: it must never
+// evict the newer holder, whether that holder is live or in its own grace
+// window, and whether it is another binary or the same one come back.
+func TestExpireStale(t *testing.T) {
+	t.Run("other binary", func(t *testing.T) {
+		r := newReg(16)
+		b1, b2 := &conn{"b1"}, &conn{"b2"}
+		withPhones(t, r, "s", b1, 1)
+		_, gen1, _ := r.Release("s", b1, true, nil)
+		if _, _, err := r.Claim("s", b2, nil); err != nil {
+			t.Fatal(err)
+		}
+		p2 := &conn{"p2"}
+		if _, _, err := r.AddPhone("s", p2); err != nil {
+			t.Fatal(err)
+		}
+		check := func(wantLive bool) {
+			t.Helper()
+			for _, g := range []uint64{gen1, gen1 + 1, gen1 + 2} {
+				if got, ok := r.Expire("s", b1, g, nil); ok || len(got) != 0 {
+					t.Fatalf("stale Expire(b1, %d) evicted the new holder", g)
+				}
+			}
+			if b, live := r.Binary("s"); b != b2 || live != wantLive || r.Phones() != 1 {
+				t.Fatalf("new holder disturbed: %v %v phones %d", b, live, r.Phones())
+			}
+		}
+		check(true)
+		_, gen2, held := r.Release("s", b2, true, nil)
+		if !held || gen2 == gen1 {
+			t.Fatalf("b2 Release(grace) = %d, %v (gen1 %d)", gen2, held, gen1)
+		}
+		check(false)
+		// b2's own old generation (its live period) is stale too.
+		if _, ok := r.Expire("s", b2, gen1, nil); ok {
+			t.Fatal("Expire with the pre-reclaim generation evicted b2")
+		}
+		if got, ok := r.Expire("s", b2, gen2, nil); !ok || len(got) != 1 || got[0] != p2 {
+			t.Fatalf("Expire(b2, gen2) = %v, %v", got, ok)
+		}
+	})
+	t.Run("same binary", func(t *testing.T) {
+		r := newReg(16)
+		b := &conn{"b"}
+		ps, _ := withPhones(t, r, "s", b, 2)
+		_, gen1, _ := r.Release("s", b, true, nil)
+		ev, _, err := r.Claim("s", b, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameSet(t, "self-reclaim evicted", ev, ps)
+		if got, ok := r.Expire("s", b, gen1, nil); ok || len(got) != 0 {
+			t.Fatal("stale Expire evicted the live holder")
+		}
+		p := &conn{"p"}
+		if _, _, err := r.AddPhone("s", p); err != nil {
+			t.Fatal(err)
+		}
+		_, gen2, held := r.Release("s", b, true, nil)
+		if !held || gen2 == gen1 {
+			t.Fatalf("second Release(grace) = %d, %v (gen1 %d)", gen2, held, gen1)
+		}
+		if got, ok := r.Expire("s", b, gen1, nil); ok || len(got) != 0 {
+			t.Fatal("stale Expire ended the newer grace window")
+		}
+		if bb, live := r.Binary("s"); bb != b || live || r.Phones() != 1 {
+			t.Fatalf("newer window disturbed: %v %v %d", bb, live, r.Phones())
+		}
+		if got, ok := r.Expire("s", b, gen2, nil); !ok || len(got) != 1 || got[0] != p {
+			t.Fatalf("Expire(gen2) = %v, %v", got, ok)
+		}
+	})
+	t.Run("after takeover", func(t *testing.T) {
+		r := newReg(16)
+		b1, b2 := &conn{"b1"}, &conn{"b2"}
+		withPhones(t, r, "s", b1, 1)
+		_, gen1, _ := r.Release("s", b1, true, nil)
+		if _, _, err := r.Claim("s", b1, nil); err != nil { // back within grace
+			t.Fatal(err)
+		}
+		if _, ok := r.Takeover("s", b1, b2, nil); !ok {
+			t.Fatal("Takeover failed")
+		}
+		_, gen2, _ := r.Release("s", b2, true, nil)
+		for _, c := range []struct {
+			b   *conn
+			gen uint64
+		}{{b1, gen1}, {b1, gen2}, {b2, gen1}} {
+			if _, ok := r.Expire("s", c.b, c.gen, nil); ok {
+				t.Fatalf("stale Expire(%s, %d) succeeded", c.b.name, c.gen)
+			}
+		}
+		if b, live := r.Binary("s"); b != b2 || live {
+			t.Fatalf("Binary = %v, %v", b, live)
+		}
+		if _, ok := r.Expire("s", b2, gen2, nil); !ok {
+			t.Fatal("Expire(b2, gen2) failed")
+		}
+	})
+}
+
+func TestTakeover(t *testing.T) {
+	r := newReg(16)
+	b1, b2, b3 := &conn{"b1"}, &conn{"b2"}, &conn{"b3"}
+	if got, ok := r.Takeover("s", nil, b2, nil); ok || len(got) != 0 {
+		t.Fatal("Takeover of an unknown id succeeded")
+	}
+	ps, ids := withPhones(t, r, "s", b1, 3)
+	sentinel := &conn{"already in evicted"}
+
+	// Only the live holder can be taken over from.
+	for _, old := range []*conn{b3, nil, b2} {
+		got, ok := r.Takeover("s", old, b2, []*conn{sentinel})
+		if ok || len(got) != 1 || got[0] != sentinel {
+			t.Fatalf("Takeover from %v = %v, %v; want refused", old, got, ok)
+		}
+	}
+	if b, live := r.Binary("s"); b != b1 || !live || r.Binaries() != 1 || r.Phones() != 3 {
+		t.Fatalf("refused Takeover changed the slot: %v %v %d/%d", b, live, r.Binaries(), r.Phones())
+	}
+
+	got, ok := r.Takeover("s", b1, b2, []*conn{sentinel})
+	if !ok || len(got) == 0 || got[0] != sentinel {
+		t.Fatalf("Takeover = %v, %v", got, ok)
+	}
+	sameSet(t, "Takeover evicted", got[1:], ps)
+	if b, live := r.Binary("s"); b != b2 || !live {
+		t.Fatalf("Binary after Takeover = %v, %v", b, live)
+	}
+	if r.Binaries() != 1 || r.Phones() != 0 {
+		t.Fatalf("counts after Takeover %d/%d, want 1/0", r.Binaries(), r.Phones())
+	}
+	for _, id := range ids {
+		if _, ok := r.Phone("s", b2, []byte(id)); ok {
+			t.Fatal("old holder's phone reachable by the new one")
+		}
+	}
+	// The old holder is out: no second takeover from it, and its release
+	// (with or without grace) does nothing.
+	if _, ok := r.Takeover("s", b1, b3, nil); ok {
+		t.Fatal("second Takeover from the old holder succeeded")
+	}
+	for _, grace := range []bool{false, true} {
+		if got, _, held := r.Release("s", b1, grace, nil); len(got) != 0 || held {
+			t.Fatalf("old holder's Release(grace=%v) acted", grace)
+		}
+	}
+	if b, live := r.Binary("s"); b != b2 || !live || r.Binaries() != 1 {
+		t.Fatal("old holder disturbed the new one")
+	}
+	// The new holder can be taken over in turn.
+	p := &conn{"p"}
+	if _, _, err := r.AddPhone("s", p); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := r.Takeover("s", b2, b3, nil); !ok || len(got) != 1 || got[0] != p {
+		t.Fatalf("Takeover b2->b3 = %v, %v", got, ok)
+	}
+	if got, _, held := r.Release("s", b3, false, nil); held || len(got) != 0 {
+		t.Fatalf("Release b3 = %v, %v", got, held)
+	}
+	if r.Binaries() != 0 || r.Phones() != 0 {
+		t.Fatalf("counts %d/%d", r.Binaries(), r.Phones())
+	}
+}
+
+func TestEach(t *testing.T) {
+	r := newReg(16)
+	sb, sp := &conn{"sentinel binary"}, &conn{"sentinel phone"}
+	bins, phones := r.Each([]*conn{sb}, []*conn{sp})
+	if len(bins) != 1 || bins[0] != sb || len(phones) != 1 || phones[0] != sp {
+		t.Fatalf("Each on an empty registry = %v, %v", bins, phones)
+	}
+
+	var wantB, wantP []*conn
+	for i := 0; i < 200; i++ { // spread over the shards
+		b := &conn{fmt.Sprint("b", i)}
+		ps, _ := withPhones(t, r, fmt.Sprint("srv-", i), b, i%4)
+		wantB, wantP = append(wantB, b), append(wantP, ps...)
+		if i%3 == 0 { // some in their grace window
+			if _, _, held := r.Release(fmt.Sprint("srv-", i), b, true, nil); !held {
+				t.Fatal("Release(grace) did not hold")
+			}
+		}
+	}
+	bins, phones = r.Each([]*conn{sb}, []*conn{sp})
+	if bins[0] != sb || phones[0] != sp {
+		t.Fatal("Each dropped what was already there")
+	}
+	sameSet(t, "Each binaries", bins[1:], wantB)
+	sameSet(t, "Each phones", phones[1:], wantP)
+	if r.Phones() != len(wantP) || r.Binaries() != 200-67 {
+		t.Fatalf("counts %d/%d, want %d/%d", r.Binaries(), r.Phones(), 200-67, len(wantP))
+	}
+}
+
+// Many goroutines fight over a few server-ids, each claiming with a fresh
+// binary, then alternating Release(grace) and reclaim by the same binary,
+// publishing every grace window's (binary, generation) as a timer that any
+// goroutine may fire later, stale or not. Run with -race. Invariants: a live
+// holder is never disturbed (Binary, AddPhone and its Release see it); a
+// binary's superseded generations never expire anything; an Expire that
+// succeeds returns only its binary's phones; every phone comes back exactly
+// once; the counts agree at the end.
+func TestGraceRace(t *testing.T) {
+	const (
+		workers = 12
+		ids     = 3
+		rounds  = 300
+		poolCap = 32
+	)
+	r := newReg(1 << 10)
+	type timer struct {
+		b   *conn
+		gen uint64
+	}
+	var pools [ids]struct {
+		mu sync.Mutex
+		ts []timer
+	}
+	publish := func(s int, tm timer) {
+		p := &pools[s]
+		p.mu.Lock()
+		if len(p.ts) < poolCap {
+			p.ts = append(p.ts, tm)
+		} else {
+			p.ts[int(tm.gen)%poolCap] = tm
+		}
+		p.mu.Unlock()
+	}
+	pick := func(s, k int) (timer, bool) {
+		p := &pools[s]
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if len(p.ts) == 0 {
+			return timer{}, false
+		}
+		return p.ts[k%len(p.ts)], true
+	}
+
+	var failed atomic.Value
+	fail := func(format string, args ...any) { failed.CompareAndSwap(nil, fmt.Sprintf(format, args...)) }
+	var created, returned, expired, reclaimed atomic.Int64
+	var seen sync.Map // phone -> struct{}: each comes back once
+	account := func(what string, ps []*conn, owner *conn) {
+		for _, p := range ps {
+			if owner != nil && p.name != owner.name {
+				fail("%s returned %s's phone, want %s's", what, p.name, owner.name)
+			}
+			if _, dup := seen.LoadOrStore(p, struct{}{}); dup {
+				fail("%s returned phone %p (%s) a second time", what, p, p.name)
+			}
+		}
+		returned.Add(int64(len(ps)))
+	}
+	sidOf := func(s int) string { return fmt.Sprint("race-", s) }
+	fire := func(s, k int) {
+		tm, ok := pick(s, k)
+		if !ok {
+			return
+		}
+		if ps, ok := r.Expire(sidOf(s), tm.b, tm.gen, nil); ok {
+			expired.Add(1)
+			account("pooled Expire", ps, tm.b)
+		}
+	}
+
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			<-start
+			k := w * 7919 // cheap deterministic spread, no shared rand
+			next := func() int { k = k*1103515245 + 12345; return (k >> 8) & 0x7fffffff }
+			attach := func(s int, b *conn, n int) bool {
+				for i := 0; i < n; i++ {
+					p := &conn{b.name}
+					created.Add(1)
+					if _, got, err := r.AddPhone(sidOf(s), p); err != nil || got != b {
+						fail("AddPhone by live holder %s: %v, %v", b.name, got, err)
+						return false
+					}
+				}
+				return true
+			}
+			for round := 0; round < rounds && failed.Load() == nil; round++ {
+				s := next() % ids
+				sid := sidOf(s)
+				b := &conn{fmt.Sprintf("w%d-r%d", w, round)}
+				ev, h, err := r.Claim(sid, b, nil)
+				account("Claim evicted", ev, nil)
+				for _, p := range ev {
+					if p.name == b.name {
+						fail("fresh binary %s got its own phones back", b.name)
+					}
+				}
+				if err != nil {
+					if !errors.Is(err, ErrClaimed) || h == nil || h == b {
+						fail("Claim %s: %v, %v", sid, h, err)
+					}
+					fire(s, next())
+					continue
+				}
+				if !attach(s, b, 1+next()%3) {
+					return
+				}
+				var gens []uint64
+				live := true
+				for cycle := 0; cycle < 1+next()%3; cycle++ {
+					// Whatever fires meanwhile, a live holder stays put.
+					fire(s, next())
+					fire(s, next())
+					if got, l := r.Binary(sid); got != b || !l {
+						fail("live holder %s displaced: Binary = %v, %v", b.name, got, l)
+						return
+					}
+					dst, g, held := r.Release(sid, b, true, nil)
+					if !held || len(dst) != 0 {
+						fail("live holder %s: Release(grace) = %v, %d, %v", b.name, dst, g, held)
+						return
+					}
+					if len(gens) > 0 && g <= gens[len(gens)-1] {
+						fail("%s: generation %d after %d", b.name, g, gens[len(gens)-1])
+					}
+					gens = append(gens, g)
+					live = false
+					publish(s, timer{b, g})
+					// Superseded generations of b never expire anything.
+					for _, old := range gens[:len(gens)-1] {
+						if ps, ok := r.Expire(sid, b, old, nil); ok {
+							account("stale Expire", ps, b)
+							fail("stale Expire(%s, %d) succeeded (latest %d)", b.name, old, g)
+						}
+					}
+					fire(s, next())
+					// Come back within grace, if nobody beat us to it.
+					ev, h, err := r.Claim(sid, b, nil)
+					if err != nil {
+						if !errors.Is(err, ErrClaimed) || h == b {
+							fail("self-reclaim %s: %v, %v", b.name, h, err)
+						}
+						break // lost the slot
+					}
+					genuine := len(ev) > 0
+					for _, p := range ev {
+						genuine = genuine && p.name == b.name
+					}
+					account("self-reclaim evicted", ev, nil)
+					live = true
+					if !genuine {
+						// Our window was expired or reclaimed and we got the
+						// id afresh: never let this handle into grace again,
+						// as real connections never come back either.
+						ps, _, held := r.Release(sid, b, false, nil)
+						account("Release", ps, b)
+						if held {
+							fail("Release without grace held")
+						}
+						live = false
+						break
+					}
+					reclaimed.Add(1)
+					if !attach(s, b, 1+next()%2) {
+						return
+					}
+				}
+				if live {
+					_, g, held := r.Release(sid, b, true, nil)
+					if !held {
+						fail("live holder %s: final Release(grace) did not hold", b.name)
+						return
+					}
+					gens = append(gens, g)
+					publish(s, timer{b, g})
+					if next()%2 == 0 {
+						if ps, ok := r.Expire(sid, b, g, nil); ok {
+							expired.Add(1)
+							account("own Expire", ps, b)
+						}
+					}
+				}
+				for _, old := range gens[:len(gens)-1] {
+					if ps, ok := r.Expire(sid, b, old, nil); ok {
+						account("stale Expire", ps, b)
+						fail("stale Expire(%s, %d) succeeded at the end", b.name, old)
+					}
+				}
+			}
+		}(w)
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	close(start)
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("grace race did not finish in 60s")
+	}
+	if msg := failed.Load(); msg != nil {
+		t.Fatal(msg)
+	}
+	t.Logf("%d phones, %d expiries, %d self-reclaims", created.Load(), expired.Load(), reclaimed.Load())
+	if expired.Load() == 0 || reclaimed.Load() == 0 {
+		t.Fatalf("race too tame: %d expiries, %d self-reclaims", expired.Load(), reclaimed.Load())
+	}
+	// Every worker ended with a release: nothing live is left, and every
+	// phone is either returned once or still in a grace slot.
+	if r.Binaries() != 0 {
+		t.Fatalf("Binaries = %d after every holder released", r.Binaries())
+	}
+	bins, left := r.Each(nil, nil)
+	if len(bins) > ids {
+		t.Fatalf("Each returned %d binaries for %d ids", len(bins), ids)
+	}
+	if len(left) != r.Phones() || returned.Load()+int64(len(left)) != created.Load() {
+		t.Fatalf("phones: created %d, returned %d, left %d (Phones %d)",
+			created.Load(), returned.Load(), len(left), r.Phones())
+	}
+	account("Each", left, nil)
+	for _, b := range bins {
+		found := false
+		for s := 0; s < ids && !found; s++ {
+			if got, l := r.Binary(sidOf(s)); got == b {
+				found = true
+				if l {
+					t.Fatalf("%s still live", b.name)
+				}
+			}
+		}
+		if !found {
+			t.Fatalf("Each returned %s, held nowhere", b.name)
+		}
+	}
+	if msg := failed.Load(); msg != nil {
+		t.Fatal(msg)
 	}
 }

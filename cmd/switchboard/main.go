@@ -13,7 +13,6 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"switchboard/loop"
 )
@@ -83,7 +82,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg := srv.Config()
 	log.Info("listening", "addr", ln.Addr().String(), "version", version,
 		"max_connections", cfg.MaxConnections, "phones_per_server", cfg.PhonesPerServer,
-		"max_message_bytes", cfg.MaxMessageBytes)
+		"max_message_bytes", cfg.MaxMessageBytes, "rate_limit_burst", cfg.RateLimitBurst,
+		"rate_limit_interval", cfg.RateLimitInterval, "proxy_protocol", cfg.ProxyProtocol,
+		"trust_x_forwarded_for", cfg.TrustXForwardedFor)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -98,9 +99,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_ = srv.Shutdown(ctx)
+	// Shutdown bounds itself by --drain-timeout.
+	if err := srv.Shutdown(context.Background()); err != nil {
+		log.Warn("shutdown", "err", err)
+	}
+	log.Info("stopped")
 	return 0
 }
 
@@ -120,6 +123,18 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.cfg.MaxRequestHeaderBytes, "max-request-header-bytes", loop.DefaultMaxRequestHeaderBytes, "largest HTTP request head; larger gets 431")
 	fs.DurationVar(&o.cfg.WriteTimeout, "write-timeout", loop.DefaultWriteTimeout, "how long a write to one peer may block before that peer is dropped")
 	fs.DurationVar(&o.cfg.CloseLinger, "close-linger", loop.DefaultCloseLinger, "how long a closed connection waits for the peer's close answer")
+	fs.DurationVar(&o.cfg.HeartbeatInterval, "heartbeat-interval", loop.DefaultHeartbeatInterval, "how often every binary and phone is pinged")
+	fs.DurationVar(&o.cfg.PongTimeout, "pong-timeout", loop.DefaultPongTimeout, "how long a ping may go unanswered before 1011 heartbeat timeout")
+	fs.DurationVar(&o.cfg.HandshakeTimeout, "handshake-timeout", loop.DefaultHandshakeTimeout, "time from connect to a complete request head; later, the connection is dropped")
+	fs.DurationVar(&o.cfg.MessageReadTimeout, "message-read-timeout", loop.DefaultMessageReadTimeout, "time from a message's first byte to its last; later, 1008")
+	fs.DurationVar(&o.cfg.GracePeriod, "grace-period", loop.DefaultGracePeriod, "how long a departed binary's server-id and phones are held for it to reclaim")
+	fs.DurationVar(&o.cfg.TakeoverTimeout, "takeover-timeout", loop.DefaultTakeoverTimeout, "how long a duplicate claim waits for the holder's pong before taking over")
+	fs.DurationVar(&o.cfg.DrainTimeout, "drain-timeout", loop.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to wait for close handshakes after 1001")
+	fs.IntVar(&o.cfg.RateLimitBurst, "rate-limit-burst", loop.DefaultRateLimitBurst, "upgrade attempts one source IP may make at once on /v1/server and /v1/client (one more per --rate-limit-interval); beyond it 429; 0 turns the limit off")
+	fs.DurationVar(&o.cfg.RateLimitInterval, "rate-limit-interval", loop.DefaultRateLimitInterval, "how often a source IP regains one upgrade attempt")
+	fs.IntVar(&o.cfg.RateLimitMaxSources, "rate-limit-max-sources", loop.DefaultRateLimitMaxSources, "source IPs the rate limit tracks at once; when full, the one nearest a full bucket is forgotten")
+	fs.BoolVar(&o.cfg.ProxyProtocol, "proxy-protocol", false, "require a PROXY protocol v2 header on every connection and take the source IP from it")
+	fs.BoolVar(&o.cfg.TrustXForwardedFor, "trust-x-forwarded-for", false, "take the source IP from the left-most X-Forwarded-For address (only behind a proxy that sets it)")
 	fs.StringVar(&o.admin, "admin-listen", "127.0.0.1:9090", "admin listener for operator endpoints (pprof); empty disables it")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin listener")
 	fs.StringVar(&o.logLvl, "log-level", "info", "log level: debug, info, warn, error")

@@ -1,0 +1,92 @@
+package loop
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+
+	"switchboard/wsframe"
+)
+
+// Admission: what a connection must get past before the relay upgrades it.
+//
+//  1. With Config.ProxyProtocol, a PROXY protocol v2 header before anything
+//     else (proxyHeader). Missing or bad: the socket is closed at once with
+//     nothing answered and nothing more read (RejectBadProxyHeader).
+//  2. The request head (handshake): 431 too large, 400 malformed, 404 path,
+//     405 method; /healthz is answered here and is never rate limited.
+//  3. For /v1/server and /v1/client: 400 missing header, 400 bad server-id,
+//     then the per-source rate limit (admit, 429), then 426 not an upgrade,
+//     then 503 (draining, or at the connection cap). The limit comes after
+//     the 400s so a malformed request spends no token, and before 426/503
+//     so a source over its limit learns that first and never takes a slot.
+
+// proxyHeader consumes the PROXY v2 header at the start of data and returns
+// its length, or 0 when more bytes are needed or the header was refused
+// (readDone is then set and the socket closed).
+func (c *conn) proxyHeader(data []byte) int {
+	src, n, err := parseProxyV2(data)
+	if err != nil {
+		c.readDone = true
+		c.srv.counters.Rejects[RejectBadProxyHeader].Add(1)
+		c.srv.log.Debug("request refused", "reason", RejectBadProxyHeader.String(), "remote", c.nc.RemoteAddr(), "err", err)
+		_ = c.nc.Close()
+		return 0
+	}
+	if n == 0 {
+		return 0 // staged until the rest arrives
+	}
+	c.proxied = true
+	if src.IsValid() {
+		c.src = src
+	} // LOCAL or UNSPEC: the socket's own address stands
+	return n
+}
+
+// admit applies the per-source rate limit to an upgrade request and reports
+// whether it may go on; a refused request has been answered 429.
+func (c *conn) admit(req *wsframe.Request) bool {
+	if c.srv.cfg.TrustXForwardedFor {
+		if a, ok := forwardedFor(req.Header("X-Forwarded-For")); ok {
+			c.src = a
+		}
+	}
+	if l := c.srv.limiter; l != nil && !l.allow(c.source()) {
+		c.reject(RejectRateLimit, 429, "")
+		return false
+	}
+	return true
+}
+
+// source is the address the relay keys and logs the connection by: a
+// trusted X-Forwarded-For, else the PROXY header's source, else the peer.
+func (c *conn) source() netip.Addr {
+	if !c.src.IsValid() {
+		if ta, ok := c.nc.RemoteAddr().(*net.TCPAddr); ok {
+			c.src = ta.AddrPort().Addr().Unmap()
+		}
+	}
+	return c.src
+}
+
+// forwardedFor parses the left-most address of an X-Forwarded-For value:
+// a bare IPv4 or IPv6 address, or either with a port ("[::1]:80").
+func forwardedFor(v []byte) (netip.Addr, bool) {
+	if i := bytes.IndexByte(v, ','); i >= 0 {
+		v = v[:i]
+	}
+	v = bytes.Trim(v, " \t")
+	if len(v) == 0 || len(v) > 64 {
+		return netip.Addr{}, false
+	}
+	s := string(v)
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil {
+			return netip.Addr{}, false
+		}
+		a = ap.Addr()
+	}
+	return a.WithZone("").Unmap(), true
+}

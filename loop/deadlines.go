@@ -1,0 +1,139 @@
+package loop
+
+import (
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"switchboard/wsframe"
+)
+
+// deadlines are a connection's pending timer events, each a wheel time
+// (see wheel.at) or 0 when unset. Any goroutine may set one with
+// setDeadline; the wheel acts on them in onTimer.
+type deadlines struct {
+	timerAt   atomic.Int64 // what the wheel has booked for this connection
+	headDue   atomic.Int64 // request head must be complete
+	msgDue    atomic.Int64 // the message being received must be complete
+	pingDue   atomic.Int64 // next heartbeat ping
+	pongDue   atomic.Int64 // answer to the last ping is due
+	probeDue  atomic.Int64 // takeover probe: a rival waits for our pong
+	lingerDue atomic.Int64 // the peer's answer to our close is due
+	graceDue  atomic.Int64 // departed binary: its slot's grace window ends
+	graceGen  uint64       // departed binary: which window (set before grace is booked)
+	gone      atomic.Bool  // socket closed: only the grace deadline still matters
+}
+
+func (c *conn) setDeadline(d *atomic.Int64, at int64) {
+	d.Store(at)
+	c.srv.wheel.book(c, at)
+}
+
+func (c *conn) wheelNow() int64 { return c.srv.wheel.at(time.Now()) }
+
+// onTimer runs on the wheel goroutine when the earliest booked deadline is
+// due. It acts on every deadline that has passed and books the next.
+func (c *conn) onTimer(now int64) {
+	var next int64
+	due := func(d *atomic.Int64) bool {
+		v := d.Load()
+		if v == 0 {
+			return false
+		}
+		if v <= now {
+			d.Store(0)
+			return true
+		}
+		if next == 0 || v < next {
+			next = v
+		}
+		return false
+	}
+	// A departed binary's grace window outlives its socket.
+	if due(&c.graceDue) {
+		c.graceExpired()
+	}
+	if c.gone.Load() {
+		if next != 0 {
+			c.srv.wheel.book(c, next)
+		}
+		return
+	}
+	cfg := &c.srv.cfg
+	switch {
+	case due(&c.lingerDue):
+		_ = c.nc.Close() // the peer never answered our close
+		return
+	case due(&c.headDue):
+		// Nothing to answer: the request never arrived whole.
+		c.srv.counters.Closes[CloseHandshakeTimeout].Add(1)
+		_ = c.nc.Close()
+		return
+	case due(&c.msgDue):
+		c.closeWith(CloseReadTimeout, 1008, "message read timeout", false)
+	case due(&c.pongDue):
+		c.closeWith(CloseHeartbeat, 1011, "heartbeat timeout", false)
+	}
+	if due(&c.probeDue) {
+		c.srv.probeExpired(c)
+	}
+	if due(&c.pingDue) && !c.state.closing.Load() {
+		c.sendPing()
+		if c.pongDue.Load() == 0 {
+			c.pongDue.Store(now + int64(cfg.PongTimeout))
+		}
+		c.pingDue.Store(now + int64(cfg.HeartbeatInterval))
+		next = min(nonZero(next, c.pongDue.Load()), c.pingDue.Load())
+	}
+	if next != 0 {
+		c.srv.wheel.book(c, next)
+	}
+}
+
+func nonZero(a, b int64) int64 {
+	switch {
+	case a == 0:
+		return b
+	case b == 0:
+		return a
+	}
+	return min(a, b)
+}
+
+func (c *conn) sendPing() {
+	b := framePool.Get()
+	b.B = wsframe.AppendServerHeader(b.B, ws.OpPing, 0)
+	c.out.push(b, controlSlack)
+}
+
+// startHeartbeat books the first ping. It lands at a random point in the
+// last quarter of the interval, so connections that arrive together (a
+// reconnect storm after a restart) do not ping together forever after.
+func (c *conn) startHeartbeat() {
+	iv := int64(c.srv.cfg.HeartbeatInterval)
+	first := iv - rand.Int64N(iv/4+1)
+	c.setDeadline(&c.pingDue, c.wheelNow()+first)
+}
+
+// gotPong clears the heartbeat and answers a takeover probe waiting on us.
+func (c *conn) gotPong() {
+	c.pongDue.Store(0)
+	if c.probeDue.Load() != 0 {
+		c.srv.probeAnswered(c)
+	}
+}
+
+// trackMessage keeps the message deadline: set when a read leaves part of a
+// frame or of a fragmented message behind, cleared once none is pending.
+// Idle time between messages is not bounded.
+func (c *conn) trackMessage() {
+	pending := c.stage != nil || c.msg != nil
+	switch {
+	case pending && c.msgDue.Load() == 0:
+		c.setDeadline(&c.msgDue, c.wheelNow()+int64(c.srv.cfg.MessageReadTimeout))
+	case !pending && c.msgDue.Load() != 0:
+		c.msgDue.Store(0)
+	}
+}

@@ -1,0 +1,105 @@
+package loop
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+)
+
+// PROXY protocol v2 (haproxy's proxy-protocol.txt, section 2.2): a load
+// balancer in front of the relay prefixes every connection with a binary
+// header naming the client it accepted. Only v2 is spoken; the text v1 form
+// is refused like any other bad header.
+//
+//	offset 0   12-byte signature \r\n\r\n\x00\r\nQUIT\n
+//	offset 12  version (high nibble, must be 2) | command (low: 0 LOCAL, 1 PROXY)
+//	offset 13  family (high: 0 UNSPEC, 1 INET, 2 INET6, 3 UNIX) | transport (low: 1 STREAM)
+//	offset 14  big-endian length of what follows: addresses, then TLVs
+//	offset 16  TCP4: src 4, dst 4, src port 2, dst port 2 (12 bytes)
+//	           TCP6: src 16, dst 16, src port 2, dst port 2 (36 bytes)
+const (
+	proxySigLen    = 12
+	proxyFixedLen  = 16  // signature + version/command + family + length
+	maxProxyHeader = 536 // the whole header; the spec's own reasonable bound (one minimal TCP MSS)
+
+	proxyCmdLocal = 0x0
+	proxyCmdProxy = 0x1
+
+	proxyUnspec = 0x00 // family UNSPEC, transport UNSPEC
+	proxyTCP4   = 0x11 // INET, STREAM
+	proxyTCP6   = 0x21 // INET6, STREAM
+)
+
+var proxySig = [proxySigLen]byte{'\r', '\n', '\r', '\n', 0x00, '\r', '\n', 'Q', 'U', 'I', 'T', '\n'}
+
+var (
+	errProxySignature = errors.New("proxy: not a PROXY protocol v2 signature")
+	errProxyVersion   = errors.New("proxy: version is not 2")
+	errProxyCommand   = errors.New("proxy: unknown command")
+	errProxyFamily    = errors.New("proxy: family is not TCP over IPv4 or IPv6")
+	errProxyTooLong   = errors.New("proxy: header longer than 536 bytes")
+	errProxyTooShort  = errors.New("proxy: length too short for the address family")
+)
+
+// parseProxyV2 parses the PROXY v2 header at the start of b. It returns the
+// header's length n and the source address it names, or n == 0 and no error
+// when b is a valid prefix that needs more bytes. src is the zero Addr when
+// the header says to use the socket's own address (the LOCAL command, or
+// PROXY with the UNSPEC family). Every check is made as soon as the bytes it
+// needs are present: a connection that does not start with the signature is
+// refused on its first byte.
+func parseProxyV2(b []byte) (src netip.Addr, n int, err error) {
+	sig := min(len(b), proxySigLen)
+	if string(b[:sig]) != string(proxySig[:sig]) {
+		return netip.Addr{}, 0, errProxySignature
+	}
+	if len(b) <= proxySigLen {
+		return netip.Addr{}, 0, nil
+	}
+	verCmd := b[12]
+	if verCmd>>4 != 2 {
+		return netip.Addr{}, 0, errProxyVersion
+	}
+	cmd := verCmd & 0x0f
+	if cmd != proxyCmdLocal && cmd != proxyCmdProxy {
+		return netip.Addr{}, 0, errProxyCommand
+	}
+	if len(b) < 14 {
+		return netip.Addr{}, 0, nil
+	}
+	fam := b[13]
+	need := 0 // address bytes the family requires
+	if cmd == proxyCmdProxy {
+		switch fam {
+		case proxyUnspec:
+		case proxyTCP4:
+			need = 12
+		case proxyTCP6:
+			need = 36
+		default:
+			return netip.Addr{}, 0, errProxyFamily
+		}
+	} // LOCAL: the family and any addresses are ignored (spec 2.2)
+	if len(b) < proxyFixedLen {
+		return netip.Addr{}, 0, nil
+	}
+	total := proxyFixedLen + int(binary.BigEndian.Uint16(b[14:16]))
+	if total > maxProxyHeader {
+		return netip.Addr{}, 0, errProxyTooLong
+	}
+	if total-proxyFixedLen < need {
+		return netip.Addr{}, 0, errProxyTooShort
+	}
+	if len(b) < total {
+		return netip.Addr{}, 0, nil
+	}
+	if cmd == proxyCmdProxy {
+		switch fam {
+		case proxyTCP4:
+			src = netip.AddrFrom4([4]byte(b[16:20]))
+		case proxyTCP6:
+			src = netip.AddrFrom16([16]byte(b[16:32])).Unmap()
+		}
+	}
+	return src, total, nil
+}

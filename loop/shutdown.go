@@ -1,0 +1,64 @@
+package loop
+
+import (
+	"context"
+	"time"
+)
+
+// Shutdown drains the relay: upgrades from now on are refused with 503,
+// every binary and phone is sent 1001 `shutting down`, and Shutdown waits
+// for their close handshakes until ctx ends or DrainTimeout passes. Then the
+// listener and whatever is still open are closed. The close frames are
+// written from this goroutine straight to each idle socket; only a
+// connection whose socket is full, or whose writer is already busy, gets
+// its close frame through its outbox, so tens of thousands of closes do not
+// start a goroutine each.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if !s.draining.CompareAndSwap(false, true) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DrainTimeout)
+	defer cancel()
+	bins, phones := s.reg.Each(nil, nil)
+	s.log.Info("draining", "binaries", len(bins), "phones", len(phones))
+	for _, c := range phones {
+		c.shutdownClose()
+	}
+	for _, c := range bins {
+		c.shutdownClose()
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for s.live.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			s.log.Warn("drain deadline passed", "still_open", s.live.Load())
+			return s.stop()
+		case <-tick.C:
+		}
+	}
+	return s.stop()
+}
+
+// stop closes the listener and every connection still open.
+func (s *Server) stop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err := s.evl.Shutdown(ctx)
+	s.wheel.close()
+	return err
+}
+
+// shutdownClose sends 1001 `shutting down`. The peer's answer (or the
+// linger deadline) ends the connection as for any close the relay starts.
+func (c *conn) shutdownClose() {
+	if !c.state.setClosing(true) {
+		return
+	}
+	c.srv.counters.Closes[CloseShutdown].Add(1)
+	b := framePool.Get()
+	b.B = appendCloseFrame(b.B, 1001, "shutting down")
+	if !c.out.writeFinalNow(b) {
+		c.out.pushFinal(b, lingerClose, false)
+	}
+}
