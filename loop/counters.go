@@ -111,6 +111,37 @@ var rejectReasonNames = [numRejectReasons]string{
 
 func (r RejectReason) String() string { return rejectReasonNames[r] }
 
+// UpgradeOutcome is what became of an upgrade attempt on /v1/server or
+// /v1/client, labelled as the reference relay's
+// pyrycode_relay_ws_upgrade_attempts_total labels it (plus two outcomes the
+// reference has no label for).
+type UpgradeOutcome int
+
+const (
+	UpgradeAccept           UpgradeOutcome = iota // registered
+	UpgradeRejectHeaders                          // 400: missing/empty header, bad server-id, malformed, wrong method
+	UpgradeReject409                              // 4409: server-id claimed by a live binary
+	UpgradeReject404                              // 4404: no binary for the phone's server-id
+	UpgradeReject429                              // 4429: phones at the cap
+	UpgradeRejectRateLimit                        // 429: source IP over its rate
+	UpgradeRejectNotUpgrade                       // 426: no WebSocket upgrade headers
+	UpgradeRejectCapacity                         // 503: connection cap or draining
+	numUpgradeOutcomes
+)
+
+var upgradeOutcomeNames = [numUpgradeOutcomes]string{
+	UpgradeAccept:           "accept",
+	UpgradeRejectHeaders:    "reject_headers",
+	UpgradeReject409:        "reject_409",
+	UpgradeReject404:        "reject_404",
+	UpgradeReject429:        "reject_429",
+	UpgradeRejectRateLimit:  "reject_rate_limit",
+	UpgradeRejectNotUpgrade: "reject_not_upgrade",
+	UpgradeRejectCapacity:   "reject_capacity",
+}
+
+func (o UpgradeOutcome) String() string { return upgradeOutcomeNames[o] }
+
 // Counters is the relay's running tally. Fields are updated with atomics on
 // the hot path and read by the metrics exporter and by tests.
 type Counters struct {
@@ -120,14 +151,16 @@ type Counters struct {
 	PhoneToBinary     atomic.Uint64 // envelopes queued towards binaries
 	BinaryToPhone     atomic.Uint64 // frames queued towards phones
 	UpgradesAccepted  atomic.Uint64
-	GraceExpiries     atomic.Uint64 // grace windows that ended unclaimed
-	TakeoverProbes    atomic.Uint64 // duplicate claims that pinged the holder
-	Takeovers         atomic.Uint64 // probes the holder did not answer: slot moved
+	Upgrades          [2][numUpgradeOutcomes]atomic.Uint64 // [0] /v1/server, [1] /v1/client
+	GraceExpiries     atomic.Uint64                        // grace windows that ended unclaimed
+	TakeoverProbes    atomic.Uint64                        // duplicate claims that pinged the holder
+	Takeovers         atomic.Uint64                        // probes the holder did not answer: slot moved
 	RegistryNoServer  atomic.Uint64
 	RegistryClaimed   atomic.Uint64
 	RegistryPhonesCap atomic.Uint64
 	OutboxBytesQueued atomic.Int64 // bytes charged to all outboxes right now
 	StagedBytes       atomic.Int64 // bytes of incomplete frames and messages held right now
+	WritersActive     atomic.Int64 // outbox writers running right now
 }
 
 // Drop returns how many frames were dropped for reason r.

@@ -155,6 +155,7 @@ func (c *conn) register(deviceName []byte) (decided bool) {
 			return false
 		}
 		closeReclaimed(evicted)
+		c.countUpgrade(UpgradeAccept)
 		s.log.Info("binary connected", "server_id", c.serverID, "remote", c.nc.RemoteAddr(), "reclaimed_phones", len(evicted))
 		return true
 	}
@@ -162,15 +163,39 @@ func (c *conn) register(deviceName []byte) (decided bool) {
 	if err != nil {
 		if errors.Is(err, registry.ErrNoServer) {
 			s.counters.RegistryNoServer.Add(1)
+			c.countUpgrade(UpgradeReject404)
 		} else {
 			s.counters.RegistryPhonesCap.Add(1)
+			c.countUpgrade(UpgradeReject429)
 		}
 		c.refuse(err)
 		return true
 	}
 	c.connID, c.binary = connID, b
+	c.countUpgrade(UpgradeAccept)
 	s.log.Debug("phone connected", "conn_id", connID, "device", string(deviceName), "remote", c.nc.RemoteAddr())
 	return true
+}
+
+// countUpgrade records what became of this connection's upgrade attempt.
+func (c *conn) countUpgrade(o UpgradeOutcome) {
+	endpoint := 0
+	if c.role == rolePhone {
+		endpoint = 1
+	}
+	c.srv.counters.Upgrades[endpoint][o].Add(1)
+}
+
+func rejectOutcome(why RejectReason) UpgradeOutcome {
+	switch why {
+	case RejectRateLimit:
+		return UpgradeRejectRateLimit
+	case RejectNotUpgrade:
+		return UpgradeRejectNotUpgrade
+	case RejectCapacity, RejectDraining:
+		return UpgradeRejectCapacity
+	}
+	return UpgradeRejectHeaders
 }
 
 // closeReclaimed ends the phones of a server-id that a new binary took.
@@ -201,6 +226,9 @@ func (c *conn) refuse(err error) {
 func (c *conn) reject(why RejectReason, status int, body string) {
 	c.readDone = true
 	c.srv.counters.Rejects[why].Add(1)
+	if c.role != roleNone {
+		c.countUpgrade(rejectOutcome(why))
+	}
 	c.srv.log.Debug("request refused", "reason", why.String(), "status", status, "remote", c.nc.RemoteAddr(), "source", c.source())
 	extra := ""
 	if status == 426 {

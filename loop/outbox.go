@@ -142,6 +142,8 @@ func (o *outbox) release() { go o.run() }
 // drain is the writer: it takes the whole queue, writes it with one flush,
 // and repeats until the queue is empty.
 func (o *outbox) drain() {
+	o.c.srv.counters.WritersActive.Add(1)
+	defer o.c.srv.counters.WritersActive.Add(-1)
 	for {
 		o.mu.Lock()
 		batch := o.queue

@@ -47,9 +47,7 @@ func (s *Server) startProbe(holder, newcomer *conn) {
 func (s *Server) probeAnswered(holder *conn) {
 	holder.probeDue.Store(0)
 	for _, w := range holder.rivals.take() {
-		s.counters.RegistryClaimed.Add(1)
-		w.closeWith(CloseRegistry, 4409, "server-id already claimed", false)
-		w.out.release()
+		w.refuseClaim()
 	}
 }
 
@@ -84,12 +82,20 @@ func (s *Server) giveSlot(holder *conn) bool {
 			s.counters.Takeovers.Add(1)
 			closeReclaimed(phones)
 			s.log.Info("binary took over server-id", "server_id", w.serverID, "remote", w.nc.RemoteAddr())
+			w.countUpgrade(UpgradeAccept)
 			w.out.release()
 			w.startHeartbeat()
 			continue
 		}
-		waiting[i].closeWith(CloseRegistry, 4409, "server-id already claimed", false)
-		waiting[i].out.release()
+		waiting[i].refuseClaim()
 	}
 	return winner != nil
+}
+
+// refuseClaim answers a waiting newcomer: 101, then 4409.
+func (c *conn) refuseClaim() {
+	c.srv.counters.RegistryClaimed.Add(1)
+	c.countUpgrade(UpgradeReject409)
+	c.closeWith(CloseRegistry, 4409, "server-id already claimed", false)
+	c.out.release()
 }

@@ -5,16 +5,23 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"time"
+
+	"switchboard/loop"
 )
 
 // adminReadHeaderTimeout bounds a request head on the admin listener; it is
 // loopback-only by default, but a stuck scraper must not pin a goroutine.
 const adminReadHeaderTimeout = 5 * time.Second
 
-// adminHandler serves the operator endpoints. They live on their own
+// adminHandler serves the operator endpoints: /metrics always, pprof on
+// request. They live on their own
 // listener (loopback by default), never on the public one.
-func adminHandler(withPprof bool) http.Handler {
+func adminHandler(srv *loop.Server, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		_ = srv.WriteMetrics(w)
+	})
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -26,12 +33,12 @@ func adminHandler(withPprof bool) http.Handler {
 }
 
 // serveAdmin starts the admin listener; it returns the bound address.
-func serveAdmin(addr string, withPprof bool) (net.Addr, func(), error) {
+func serveAdmin(addr string, relay *loop.Server, withPprof bool) (net.Addr, func(), error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, nil, err
 	}
-	srv := &http.Server{Handler: adminHandler(withPprof), ReadHeaderTimeout: adminReadHeaderTimeout}
-	go func() { _ = srv.Serve(ln) }()
-	return ln.Addr(), func() { _ = srv.Close() }, nil
+	hs := &http.Server{Handler: adminHandler(relay, withPprof), ReadHeaderTimeout: adminReadHeaderTimeout}
+	go func() { _ = hs.Serve(ln) }()
+	return ln.Addr(), func() { _ = hs.Close() }, nil
 }

@@ -71,7 +71,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if opts.admin != "" {
-		addr, stop, err := serveAdmin(opts.admin, opts.pprof)
+		addr, stop, err := serveAdmin(opts.admin, srv, opts.pprof)
 		if err != nil {
 			fmt.Fprintf(stderr, "switchboard: admin listen: %v\n", err)
 			return 1
@@ -135,7 +135,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.cfg.RateLimitMaxSources, "rate-limit-max-sources", loop.DefaultRateLimitMaxSources, "source IPs the rate limit tracks at once; when full, the one nearest a full bucket is forgotten")
 	fs.BoolVar(&o.cfg.ProxyProtocol, "proxy-protocol", false, "require a PROXY protocol v2 header on every connection and take the source IP from it")
 	fs.BoolVar(&o.cfg.TrustXForwardedFor, "trust-x-forwarded-for", false, "take the source IP from the left-most X-Forwarded-For address (only behind a proxy that sets it)")
-	fs.StringVar(&o.admin, "admin-listen", "127.0.0.1:9090", "admin listener for operator endpoints (pprof); empty disables it")
+	fs.StringVar(&o.admin, "admin-listen", "127.0.0.1:9090", "admin listener for operator endpoints (/metrics, pprof); empty disables it")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin listener")
 	fs.StringVar(&o.logLvl, "log-level", "info", "log level: debug, info, warn, error")
 	fs.BoolVar(&o.showVer, "version", false, "print the version and exit")

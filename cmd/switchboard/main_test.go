@@ -2,9 +2,13 @@ package main
 
 import (
 	"bytes"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"switchboard/loop"
 )
 
 func TestBadFlagValuesExit2WithOneLine(t *testing.T) {
@@ -72,5 +76,38 @@ func TestVersionAndHelp(t *testing.T) {
 		if !strings.Contains(errb.String(), flag) {
 			t.Errorf("--help does not mention %s", flag)
 		}
+	}
+}
+
+func TestAdminServesMetrics(t *testing.T) {
+	relay, err := loop.New(loop.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, stop, err := serveAdmin("127.0.0.1:0", relay, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	resp, err := http.Get("http://" + addr.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain; version=0.0.4") {
+		t.Fatalf("status %d, content type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	if !strings.Contains(string(body), "# TYPE pyrycode_relay_connected_phones gauge\npyrycode_relay_connected_phones 0\n") {
+		t.Fatalf("metrics body:\n%s", body)
+	}
+	// pprof is off unless asked for.
+	resp, err = http.Get("http://" + addr.String() + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Fatalf("pprof without --pprof: status %d", resp.StatusCode)
 	}
 }

@@ -1,0 +1,102 @@
+package loop
+
+import (
+	"io"
+	"strconv"
+)
+
+// WriteMetrics writes the relay's metrics in the Prometheus text format
+// (with # HELP and # TYPE lines). The pyrycode_relay_* families keep the
+// reference relay's names and labels so existing dashboards work; the
+// switchboard_* families are what an operator of an event loop needs on top.
+// No label ever carries a server-id, token or header value: every label
+// value comes from a fixed set of names in this package.
+//
+// Everything read here is an atomic the hot path already maintains, so
+// scraping costs the relay nothing between scrapes.
+func (s *Server) WriteMetrics(w io.Writer) error {
+	c := &s.counters
+	m := metricWriter{b: make([]byte, 0, 16<<10)}
+
+	m.family("pyrycode_relay_connected_binaries", "gauge", "Server-ids held by a connected binary (slots in their grace window excluded).")
+	m.value("", uint64(s.reg.Binaries()))
+	m.family("pyrycode_relay_connected_phones", "gauge", "Phones attached to a server-id (grace-window slots included).")
+	m.value("", uint64(s.reg.Phones()))
+	m.family("pyrycode_relay_frames_forwarded_total", "counter", "Frames queued to their destination, by direction.")
+	m.value(`direction="phone_to_binary"`, c.PhoneToBinary.Load())
+	m.value(`direction="binary_to_phone"`, c.BinaryToPhone.Load())
+	m.family("pyrycode_relay_grace_expiries_total", "counter", "Grace windows that ended without the binary reclaiming its server-id.")
+	m.value("", c.GraceExpiries.Load())
+	m.family("pyrycode_relay_ws_upgrade_attempts_total", "counter", "Upgrade attempts on /v1/server and /v1/client, by outcome.")
+	for e, endpoint := range [2]string{"server", "client"} {
+		for o := UpgradeOutcome(0); o < numUpgradeOutcomes; o++ {
+			m.value(`endpoint="`+endpoint+`",outcome="`+o.String()+`"`, c.Upgrades[e][o].Load())
+		}
+	}
+	m.family("pyrycode_relay_register_failures_total", "counter", "Registrations refused, by kind.")
+	m.value(`kind="no_server"`, c.Upgrades[1][UpgradeReject404].Load())
+	m.value(`kind="server_in_use"`, c.Upgrades[0][UpgradeReject409].Load())
+	m.value(`kind="phones_at_cap"`, c.Upgrades[1][UpgradeReject429].Load())
+	m.value(`kind="ratelimit"`, c.Upgrades[0][UpgradeRejectRateLimit].Load()+c.Upgrades[1][UpgradeRejectRateLimit].Load())
+	m.family("pyrycode_relay_push_wakes_total", "counter", "Push wake requests from binaries, by outcome (push is not configured: all dropped).")
+	m.value(`outcome="dropped"`, c.Drops[DropPushWakeOff].Load())
+
+	m.family("switchboard_live_connections", "gauge", "Upgraded WebSocket connections open, both roles.")
+	m.value("", uint64(max(s.live.Load(), 0)))
+	m.family("switchboard_max_connections", "gauge", "The --max-connections cap.")
+	m.value("", uint64(s.cfg.MaxConnections))
+	m.family("switchboard_drops_total", "counter", "Frames or envelopes not delivered, by reason.")
+	for r := DropReason(0); r < numDropReasons; r++ {
+		m.value(`reason="`+r.String()+`"`, c.Drops[r].Load())
+	}
+	m.family("switchboard_closes_total", "counter", "Connections closed by the relay or by the peer's close frame, by reason.")
+	for r := CloseReason(0); r < numCloseReasons; r++ {
+		m.value(`reason="`+r.String()+`"`, c.Closes[r].Load())
+	}
+	m.family("switchboard_rejects_total", "counter", "Requests answered without an upgrade (handshake failures), by reason.")
+	for r := RejectReason(0); r < numRejectReasons; r++ {
+		m.value(`reason="`+r.String()+`"`, c.Rejects[r].Load())
+	}
+	m.family("switchboard_outbox_bytes", "gauge", "Bytes queued towards peers (outbound), charged as frame length + 64 per frame.")
+	m.value("", uint64(max(c.OutboxBytesQueued.Load(), 0)))
+	m.family("switchboard_staged_bytes", "gauge", "Bytes of incomplete request heads, frames and fragmented messages held (inbound).")
+	m.value("", uint64(max(c.StagedBytes.Load(), 0)))
+	m.family("switchboard_writers_active", "gauge", "Connections with a writer flushing right now: a sustained high value means peers read slower than they are sent to.")
+	m.value("", uint64(max(c.WritersActive.Load(), 0)))
+	m.family("switchboard_takeover_probes_total", "counter", "Duplicate claims that pinged the holder.")
+	m.value("", c.TakeoverProbes.Load())
+	m.family("switchboard_takeovers_total", "counter", "Takeover probes the holder did not answer: the server-id moved.")
+	m.value("", c.Takeovers.Load())
+	_, err := w.Write(m.b)
+	return err
+}
+
+type metricWriter struct {
+	b    []byte
+	name string
+}
+
+func (m *metricWriter) family(name, typ, help string) {
+	m.name = name
+	m.b = append(m.b, "# HELP "...)
+	m.b = append(m.b, name...)
+	m.b = append(m.b, ' ')
+	m.b = append(m.b, help...)
+	m.b = append(m.b, "\n# TYPE "...)
+	m.b = append(m.b, name...)
+	m.b = append(m.b, ' ')
+	m.b = append(m.b, typ...)
+	m.b = append(m.b, '\n')
+}
+
+func (m *metricWriter) value(labels string, v uint64) {
+	m.b = append(m.b, m.name...)
+	if labels != "" {
+		m.b = append(m.b, '{')
+		m.b = append(m.b, labels...)
+		m.b = append(m.b, '}')
+	}
+	m.b = append(m.b, ' ')
+	m.b = strconv.AppendUint(m.b, v, 10)
+	m.b = append(m.b, '\n')
+}
