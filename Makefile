@@ -26,6 +26,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseRequest$$' -fuzztime=$(FUZZTIME) ./wsframe/
 	$(GO) test -run='^$$' -fuzz='^FuzzValid$$' -fuzztime=$(FUZZTIME) ./envelope/
 	$(GO) test -run='^$$' -fuzz='^FuzzScan$$' -fuzztime=$(FUZZTIME) ./envelope/
+	$(GO) test -run='^$$' -fuzz='^FuzzBuildScanRoundTrip$$' -fuzztime=$(FUZZTIME) ./envelope/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseProxyV2$$' -fuzztime=$(FUZZTIME) ./loop/
 
 ## bench: every benchmark, as operators run it
 bench:
