@@ -29,8 +29,10 @@ type options struct {
 	admin   string
 	pprof   bool
 	cfg     loop.Config
-	showVer bool
-	logLvl  string
+	showVer    bool
+	logLvl     string
+	logFmt     string
+	production bool
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -57,7 +59,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "switchboard: invalid log-level %q\n", opts.logLvl)
 		return 2
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	log, err := newLogger(stderr, opts.logFmt, level)
+	if err != nil {
+		fmt.Fprintf(stderr, "switchboard: %v\n", err)
+		return 2
+	}
+	if opts.production {
+		if err := checkPrivileges(); err != nil {
+			fmt.Fprintf(stderr, "switchboard: %v\n", err)
+			return 2
+		}
+	}
 	opts.cfg.Logger = log
 	opts.cfg.Version = version
 	srv, err := loop.New(opts.cfg)
@@ -138,6 +150,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.admin, "admin-listen", "127.0.0.1:9090", "admin listener for operator endpoints (/metrics, pprof); empty disables it")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin listener")
 	fs.StringVar(&o.logLvl, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&o.logFmt, "log-format", "text", "log format: text (logfmt) or json")
+	fs.BoolVar(&o.production, "production", false, "refuse to start as root or with capabilities beyond binding low ports")
 	fs.BoolVar(&o.showVer, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

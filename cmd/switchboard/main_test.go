@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -109,5 +110,34 @@ func TestAdminServesMetrics(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 404 {
 		t.Fatalf("pprof without --pprof: status %d", resp.StatusCode)
+	}
+}
+
+func TestProductionRefusesRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("not running as root: nothing to refuse")
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"--production", "--admin-listen", "", "--listen", "127.0.0.1:0"}, &out, &errb); code != 2 {
+		t.Fatalf("exit %d, want 2", code)
+	}
+	if !strings.Contains(errb.String(), "refusing to run as root") || strings.Count(errb.String(), "\n") != 1 {
+		t.Fatalf("stderr %q", errb.String())
+	}
+}
+
+func TestLogFormat(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"--log-format", "xml"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "log-format") {
+		t.Fatalf("exit %d, stderr %q", code, errb.String())
+	}
+	var buf bytes.Buffer
+	log, err := newLogger(&buf, "json", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("phone connected", "device", "a \"quoted\"\nname")
+	if !strings.Contains(buf.String(), `"device":"a \"quoted\"\nname"`) {
+		t.Fatalf("json log line %q does not escape the client's string", buf.String())
 	}
 }

@@ -1,0 +1,92 @@
+package loop_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/gorilla/websocket"
+
+	"switchboard/loop"
+)
+
+// lockedBuffer is a log sink the relay's goroutines may share.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// logKeys is the closed set of keys the relay logs (docs/operations.md).
+var logKeys = map[string]bool{
+	"time": true, "level": true, "msg": true,
+	"role": true, "remote": true, "source": true, "reason": true, "code": true, "status": true,
+	"err": true, "server_id": true, "conn_id": true, "device": true, "reclaimed_phones": true,
+	"binaries": true, "phones": true, "still_open": true,
+}
+
+func TestLogsCarryNoSecretsAndOnlyKnownKeys(t *testing.T) {
+	const token, payload = "tok-SECRET-7f3a9", "PAYLOAD-c0ffee"
+	var sink lockedBuffer
+	log := slog.New(slog.NewJSONHandler(&sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r := startRelay(t, loop.Config{Logger: log, GracePeriod: shortGrace})
+
+	b := r.binary(t, "logs")
+	h := phoneHeaders("logs")
+	h.Set("X-Pyrycode-Token", token)
+	h.Set("X-Pyrycode-Device-Name", "Bob's \"phone\"\n"+`{"level":"ERROR"}`)
+	p := mustDial(t, r.addr, "/v1/client", h)
+	roundTrip(t, p, b, fmt.Sprintf(`{"secret":%q}`, payload))
+	b.send(t, payload)                                                 // not JSON: dropped, logged
+	b.send(t, fmt.Sprintf(`{"conn_id":%q,"frame":1}`, payload))        // unknown conn_id
+	b.send(t, fmt.Sprintf(`{"conn_id":"x","close_code":%q}`, payload)) // bad type
+	// A phone that sends non-JSON, one that violates the protocol, a refused
+	// request carrying the token.
+	p2 := mustDial(t, r.addr, "/v1/client", h)
+	_ = p2.conn.WriteMessage(websocket.TextMessage, []byte(payload))
+	p2.expectClose(t, 1000, "")
+	missing := phoneHeaders("logs")
+	missing.Set("X-Pyrycode-Token", token)
+	missing.Del("X-Pyrycode-Server")
+	if _, resp, err := dial(t, r.addr, "/v1/client", missing); err == nil || resp == nil || resp.StatusCode != 400 {
+		t.Fatalf("want 400, got %v %v", err, resp)
+	}
+	waitFor(t, "drops counted", func() bool { return r.Counters().Drop(loop.DropBadEnvelope) == 2 })
+
+	out := sink.String()
+	for _, secret := range []string{token, payload} {
+		if strings.Contains(out, secret) {
+			t.Fatalf("log output contains %q:\n%s", secret, out)
+		}
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) < 5 {
+		t.Fatalf("only %d log lines: the test drives nothing worth logging?\n%s", len(lines), out)
+	}
+	for _, line := range lines {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line is not one JSON object (a client string broke out?): %q", line)
+		}
+		for k := range rec {
+			if !logKeys[k] {
+				t.Errorf("unknown log key %q in %s", k, line)
+			}
+		}
+	}
+}
