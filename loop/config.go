@@ -46,6 +46,13 @@ type Config struct {
 	TakeoverTimeout time.Duration
 	// DrainTimeout bounds graceful shutdown's wait for close handshakes.
 	DrainTimeout time.Duration
+	// BinaryMaxLifetime, when positive, closes each binary connection with
+	// 1012 `binary lifetime reached` at a random point in [0.9, 1.1] × this
+	// after its claim. The daemon redials through the balancer and lands on
+	// the node its server-id hashes to, so pairs split by a node leaving and
+	// returning are brought home. Zero (the default) turns it off; a positive
+	// value must be at least one second.
+	BinaryMaxLifetime time.Duration
 	// RateLimitBurst is how many upgrade attempts (/v1/server, /v1/client)
 	// one source IP may make at once; each RateLimitInterval gives one back.
 	// Over it: 429. Zero (the zero Config) turns the limit off; the command's
@@ -81,7 +88,7 @@ const (
 	DefaultCloseLinger           = 5 * time.Second // long enough for a phone on a slow link to answer a close frame
 	DefaultRateLimitBurst        = 20              // the command's default; a zero Config leaves the limit off
 	DefaultRateLimitInterval     = 6 * time.Second
-	DefaultRateLimitMaxSources   = 1 << 20 // ~40 MiB of buckets at most
+	DefaultRateLimitMaxSources   = 1 << 20 // ~55 MiB of buckets at most (measured)
 	DefaultHeartbeatInterval     = 30 * time.Second
 	DefaultPongTimeout           = 30 * time.Second
 	DefaultHandshakeTimeout      = 5 * time.Second
@@ -91,6 +98,11 @@ const (
 	DefaultDrainTimeout          = 10 * time.Second
 	OutboxItemOverhead           = 64 // per-frame charge, as the reference relay counts its queue items
 )
+
+// minBinaryLifetime is the shortest BinaryMaxLifetime Validate accepts:
+// shorter would have binaries spend more time redialling than connected.
+// Tests lower it (export_test.go).
+var minBinaryLifetime = time.Second
 
 // Defaults fills zero fields with the protocol's values.
 func (c *Config) Defaults() {
@@ -147,6 +159,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("rate-limit-interval must be positive, got %s", c.RateLimitInterval)
 	case c.RateLimitBurst > 0 && int64(c.RateLimitBurst) > int64(maxRateSpan/c.RateLimitInterval):
 		return fmt.Errorf("rate-limit-burst × rate-limit-interval must be at most %s, got %d × %s", maxRateSpan, c.RateLimitBurst, c.RateLimitInterval)
+	case c.BinaryMaxLifetime < 0:
+		return fmt.Errorf("binary-max-lifetime must be 0 (off) or positive, got %s", c.BinaryMaxLifetime)
+	case c.BinaryMaxLifetime > 0 && c.BinaryMaxLifetime < minBinaryLifetime:
+		return fmt.Errorf("binary-max-lifetime must be 0 (off) or at least %s, got %s", minBinaryLifetime, c.BinaryMaxLifetime)
 	case c.RateLimitMaxSources < rateShards:
 		return fmt.Errorf("rate-limit-max-sources must be at least %d, got %d", rateShards, c.RateLimitMaxSources)
 	}

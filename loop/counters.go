@@ -51,6 +51,7 @@ const (
 	CloseHeartbeat                           // no pong in time (1011)
 	CloseTakenOver                           // binary displaced by a takeover (1011)
 	CloseGraceExpired                        // phone of a slot whose grace ran out (1000)
+	CloseLifetime                            // binary reached --binary-max-lifetime (1012)
 	numCloseReasons
 )
 
@@ -73,6 +74,7 @@ var closeReasonNames = [numCloseReasons]string{
 	CloseHeartbeat:        "heartbeat_timeout",
 	CloseTakenOver:        "taken_over",
 	CloseGraceExpired:     "grace_expired",
+	CloseLifetime:         "lifetime",
 }
 
 func (r CloseReason) String() string { return closeReasonNames[r] }

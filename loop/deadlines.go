@@ -22,6 +22,7 @@ type deadlines struct {
 	probeDue  atomic.Int64 // takeover probe: a rival waits for our pong
 	lingerDue atomic.Int64 // the peer's answer to our close is due
 	graceDue  atomic.Int64 // departed binary: its slot's grace window ends
+	lifeDue   atomic.Int64 // binary: its connection lifetime ends (BinaryMaxLifetime)
 	graceGen  uint64       // departed binary: which window (set before grace is booked)
 	gone      atomic.Bool  // socket closed: only the grace deadline still matters
 }
@@ -75,6 +76,10 @@ func (c *conn) onTimer(now int64) {
 		c.closeWith(CloseReadTimeout, 1008, "message read timeout", false)
 	case due(&c.pongDue):
 		c.closeWith(CloseHeartbeat, 1011, "heartbeat timeout", false)
+	case due(&c.lifeDue):
+		// 1012 (service restart): the daemon redials at once, through the
+		// balancer, and lands on the node its server-id hashes to.
+		c.closeWith(CloseLifetime, 1012, "binary lifetime reached", false)
 	}
 	if due(&c.probeDue) {
 		c.srv.probeExpired(c)
@@ -115,6 +120,19 @@ func (c *conn) startHeartbeat() {
 	iv := int64(c.srv.cfg.HeartbeatInterval)
 	first := iv - rand.Int64N(iv/4+1)
 	c.setDeadline(&c.pingDue, c.wheelNow()+first)
+}
+
+// startLifetime books the end of a binary's connection, when
+// BinaryMaxLifetime is set: at a random point in [0.9, 1.1] × the lifetime
+// after its claim, so binaries that arrived together leave spread out.
+// Called wherever a binary's claim succeeds, next to startHeartbeat.
+func (c *conn) startLifetime() {
+	lt := int64(c.srv.cfg.BinaryMaxLifetime)
+	if lt <= 0 || c.role != roleBinary {
+		return
+	}
+	d := lt - lt/10 + rand.Int64N(lt/5+1)
+	c.setDeadline(&c.lifeDue, c.wheelNow()+d)
 }
 
 // gotPong clears the heartbeat and answers a takeover probe waiting on us.

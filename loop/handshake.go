@@ -107,6 +107,7 @@ func (c *conn) handshake(data []byte) int {
 	if c.register(req.Header("X-Pyrycode-Device-Name")) {
 		c.out.release() // only now may the 101 leave
 		c.startHeartbeat()
+		c.startLifetime() // binaries only
 	}
 	return end
 }

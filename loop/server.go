@@ -98,7 +98,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.evl = evl
 	s.wheel = newWheel(wheelTick(cfg.HeartbeatInterval, cfg.PongTimeout, cfg.HandshakeTimeout,
-		cfg.MessageReadTimeout, cfg.GracePeriod, cfg.TakeoverTimeout, cfg.CloseLinger))
+		cfg.MessageReadTimeout, cfg.GracePeriod, cfg.TakeoverTimeout, cfg.CloseLinger, cfg.BinaryMaxLifetime))
 	go s.wheel.run()
 	return s, nil
 }

@@ -85,6 +85,7 @@ func (s *Server) giveSlot(holder *conn) bool {
 			w.countUpgrade(UpgradeAccept)
 			w.out.release()
 			w.startHeartbeat()
+			w.startLifetime()
 			continue
 		}
 		waiting[i].refuseClaim()

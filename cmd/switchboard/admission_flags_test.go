@@ -50,7 +50,10 @@ func TestAdmissionFlagsFromEnvironment(t *testing.T) {
 	}
 }
 
-func TestBadAdmissionFlagsExit2(t *testing.T) {
+// Checked through parseFlags and Validate rather than run, so a value that
+// wrongly passed would fail the test instead of starting a relay that
+// waits for a signal.
+func TestBadAdmissionFlagsRefused(t *testing.T) {
 	for _, args := range [][]string{
 		{"--rate-limit-burst", "-1"},
 		{"--rate-limit-interval", "0"},
@@ -59,9 +62,13 @@ func TestBadAdmissionFlagsExit2(t *testing.T) {
 		{"--rate-limit-burst", "1000000", "--rate-limit-interval", "1h"},
 		{"--proxy-protocol=maybe"},
 	} {
-		var out, errb bytes.Buffer
-		if code := run(args, &out, &errb); code != 2 {
-			t.Errorf("%v: exit %d, want 2 (stderr %q)", args, code, errb.String())
+		var errb bytes.Buffer
+		o, err := parseFlags(args, &errb)
+		if err == nil {
+			err = o.cfg.Validate()
+		}
+		if err == nil {
+			t.Errorf("%v: accepted", args)
 		}
 	}
 }

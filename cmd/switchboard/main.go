@@ -96,7 +96,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"max_connections", cfg.MaxConnections, "phones_per_server", cfg.PhonesPerServer,
 		"max_message_bytes", cfg.MaxMessageBytes, "rate_limit_burst", cfg.RateLimitBurst,
 		"rate_limit_interval", cfg.RateLimitInterval, "proxy_protocol", cfg.ProxyProtocol,
-		"trust_x_forwarded_for", cfg.TrustXForwardedFor)
+		"trust_x_forwarded_for", cfg.TrustXForwardedFor, "binary_max_lifetime", cfg.BinaryMaxLifetime)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -142,6 +142,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.cfg.GracePeriod, "grace-period", loop.DefaultGracePeriod, "how long a departed binary's server-id and phones are held for it to reclaim")
 	fs.DurationVar(&o.cfg.TakeoverTimeout, "takeover-timeout", loop.DefaultTakeoverTimeout, "how long a duplicate claim waits for the holder's pong before taking over")
 	fs.DurationVar(&o.cfg.DrainTimeout, "drain-timeout", loop.DefaultDrainTimeout, "on SIGTERM/SIGINT, how long to wait for close handshakes after 1001")
+	fs.DurationVar(&o.cfg.BinaryMaxLifetime, "binary-max-lifetime", 0, "close each binary connection with 1012 at a random point in [0.9, 1.1] × this after its claim, so it redials through the balancer to its home node; 0 turns it off, else at least 1s")
 	fs.IntVar(&o.cfg.RateLimitBurst, "rate-limit-burst", loop.DefaultRateLimitBurst, "upgrade attempts one source IP may make at once on /v1/server and /v1/client (one more per --rate-limit-interval); beyond it 429; 0 turns the limit off")
 	fs.DurationVar(&o.cfg.RateLimitInterval, "rate-limit-interval", loop.DefaultRateLimitInterval, "how often a source IP regains one upgrade attempt")
 	fs.IntVar(&o.cfg.RateLimitMaxSources, "rate-limit-max-sources", loop.DefaultRateLimitMaxSources, "source IPs the rate limit tracks at once; when full, the one nearest a full bucket is forgotten")
