@@ -25,10 +25,10 @@ func main() {
 }
 
 type options struct {
-	listen  string
-	admin   string
-	pprof   bool
-	cfg     loop.Config
+	listen     string
+	admin      string
+	pprof      bool
+	cfg        loop.Config
 	showVer    bool
 	logLvl     string
 	logFmt     string
