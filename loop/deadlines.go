@@ -63,20 +63,22 @@ func (c *conn) onTimer(now int64) {
 		return
 	}
 	cfg := &c.srv.cfg
+	// Look at every deadline first, so each one not yet due counts in next.
+	linger, head, msg, pong, life := due(&c.lingerDue), due(&c.headDue), due(&c.msgDue), due(&c.pongDue), due(&c.lifeDue)
 	switch {
-	case due(&c.lingerDue):
+	case linger:
 		_ = c.nc.Close() // the peer never answered our close
 		return
-	case due(&c.headDue):
+	case head:
 		// Nothing to answer: the request never arrived whole.
 		c.srv.counters.Closes[CloseHandshakeTimeout].Add(1)
 		_ = c.nc.Close()
 		return
-	case due(&c.msgDue):
+	case msg:
 		c.closeWith(CloseReadTimeout, 1008, "message read timeout", false)
-	case due(&c.pongDue):
+	case pong:
 		c.closeWith(CloseHeartbeat, 1011, "heartbeat timeout", false)
-	case due(&c.lifeDue):
+	case life:
 		// 1012 (service restart): the daemon redials at once, through the
 		// balancer, and lands on the node its server-id hashes to.
 		c.closeWith(CloseLifetime, 1012, "binary lifetime reached", false)
