@@ -77,7 +77,7 @@ func startRelayProc(tb testing.TB, impl string) *relayProc {
 	switch impl {
 	case "switchboard":
 		p.cmd = exec.Command(filepath.Join(binDir, "switchboard"), "--listen", p.addr,
-			"--admin-listen", p.admin, "--pprof", "--log-level", "warn", "--max-connections", "19500")
+			"--admin-listen", p.admin, "--pprof", "--log-level", "warn", "--max-connections", "19500", "--rate-limit-burst", "0")
 	case "baseline":
 		p.cmd = exec.Command(filepath.Join(binDir, "baseline-relay"), "--listen", p.addr,
 			"--admin-listen", p.admin, "--claim-before-upgrade", "--log-level", "warn")

@@ -61,7 +61,6 @@ type conn struct {
 	state connState
 
 	deadlines
-	rivals probeState // binary: rivals waiting on a takeover probe of this one
 }
 
 // connState is the part of a connection's fate any goroutine may decide.

@@ -67,6 +67,7 @@ type Server struct {
 	evl          netpoll.EventLoop
 	limiter      *rateLimiter // nil when the rate limit is off
 	wheel        *wheel
+	probes       probes // takeover probes in progress
 }
 
 // New builds a relay from cfg after filling defaults and validating it.

@@ -14,17 +14,33 @@ import "sync"
 // only the first one wins and the others get 4409, since the winner has
 // just proved itself alive by connecting.
 
-// probeState is a holder's list of newcomers waiting on its probe.
-type probeState struct {
+// probes maps a holder being probed to the newcomers waiting on it. Probes
+// are rare (a daemon reconnecting before its old connection was noticed
+// dead), so they live in one map on the Server rather than in a field every
+// connection would carry.
+type probes struct {
 	mu      sync.Mutex
-	waiting []*conn
+	waiting map[*conn][]*conn
 }
 
-func (p *probeState) take() []*conn {
+// add queues newcomer on holder's probe and reports whether it is the first.
+func (p *probes) add(holder, newcomer *conn) (first bool) {
 	p.mu.Lock()
-	w := p.waiting
-	p.waiting = nil
-	p.mu.Unlock()
+	defer p.mu.Unlock()
+	if p.waiting == nil {
+		p.waiting = make(map[*conn][]*conn)
+	}
+	first = len(p.waiting[holder]) == 0
+	p.waiting[holder] = append(p.waiting[holder], newcomer)
+	return first
+}
+
+// take removes and returns holder's waiting newcomers.
+func (p *probes) take(holder *conn) []*conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	w := p.waiting[holder]
+	delete(p.waiting, holder)
 	return w
 }
 
@@ -32,11 +48,7 @@ func (p *probeState) take() []*conn {
 // is the first rival.
 func (s *Server) startProbe(holder, newcomer *conn) {
 	s.counters.TakeoverProbes.Add(1)
-	holder.rivals.mu.Lock()
-	first := len(holder.rivals.waiting) == 0
-	holder.rivals.waiting = append(holder.rivals.waiting, newcomer)
-	holder.rivals.mu.Unlock()
-	if first {
+	if s.probes.add(holder, newcomer) {
 		holder.setDeadline(&holder.probeDue, holder.wheelNow()+int64(s.cfg.TakeoverTimeout))
 		holder.sendPing()
 	}
@@ -46,7 +58,7 @@ func (s *Server) startProbe(holder, newcomer *conn) {
 // so every waiting newcomer is refused.
 func (s *Server) probeAnswered(holder *conn) {
 	holder.probeDue.Store(0)
-	for _, w := range holder.rivals.take() {
+	for _, w := range s.probes.take(holder) {
 		w.refuseClaim()
 	}
 }
@@ -69,7 +81,7 @@ func (s *Server) handOver(holder *conn) bool {
 // giveSlot moves holder's server-id to the first live waiting rival,
 // closing holder's phones 4404; later rivals are refused.
 func (s *Server) giveSlot(holder *conn) bool {
-	waiting := holder.rivals.take()
+	waiting := s.probes.take(holder)
 	var winner *conn
 	var scratch [16]*conn
 	for i, w := range waiting {
