@@ -41,30 +41,42 @@ func (c *conn) handshake(data []byte) int {
 		c.reject(RejectMalformed, 400, "malformed request\n")
 		return end
 	}
-	path := string(req.Path) // compared only; the compiler does not copy
-	switch {
-	case path == "/healthz":
+	if c.route(&req) {
+		c.upgrade(&req)
+	}
+	return end
+}
+
+// route answers /healthz and refusals by path and method; for the two
+// upgrade endpoints it sets the role and reports true.
+func (c *conn) route(req *wsframe.Request) bool {
+	switch string(req.Path) { // compared only; the compiler does not copy
+	case "/healthz":
 		if !isGet(req.Method) && string(req.Method) != "HEAD" {
 			c.reject(RejectMethod, 405, "")
-			return end
+			return false
 		}
 		c.respondHealth(string(req.Method) == "HEAD")
-		return end
-	case path == "/v1/server":
+		return false
+	case "/v1/server":
 		c.role = roleBinary
-	case path == "/v1/client":
+		c.out.limit = c.srv.cfg.BinaryOutboxBytes // a binary fans in many phones
+	case "/v1/client":
 		c.role = rolePhone
 	default:
 		c.reject(RejectNotFound, 404, "not found\n")
-		return end
+		return false
 	}
 	if !isGet(req.Method) {
 		c.reject(RejectMethod, 405, "")
-		return end
+		return false
 	}
-	if c.role == roleBinary {
-		c.out.limit = c.srv.cfg.BinaryOutboxBytes // a binary fans in many phones
-	}
+	return true
+}
+
+// upgrade runs an upgrade request through the gate (PROTOCOL.md section 2;
+// the order is spelled out in admission.go), then answers 101 and registers.
+func (c *conn) upgrade(req *wsframe.Request) {
 	required := binaryHeaders
 	if c.role == rolePhone {
 		required = phoneHeaders
@@ -72,33 +84,31 @@ func (c *conn) handshake(data []byte) int {
 	for _, name := range required {
 		if len(req.Header(name)) == 0 {
 			c.reject(RejectHeaders, 400, "missing header "+name+"\n")
-			return end
+			return
 		}
 	}
 	serverID := req.Header("X-Pyrycode-Server")
 	if !validServerID(serverID) {
 		c.reject(RejectServerID, 400, "invalid X-Pyrycode-Server\n")
-		return end
+		return
 	}
-	// After the 400s (a malformed request spends no token), before 426 and
-	// 503: the order is spelled out in admission.go.
-	if !c.admit(&req) {
-		return end // 429
+	if !c.admit(req) {
+		return // 429
 	}
 	key := req.Header("Sec-WebSocket-Key")
 	if !req.HasToken("Upgrade", "websocket") || !req.HasToken("Connection", "upgrade") ||
 		string(req.Header("Sec-WebSocket-Version")) != "13" || !wsframe.ValidKey(key) {
 		c.reject(RejectNotUpgrade, 426, "websocket upgrade required\n")
-		return end
+		return
 	}
 	if c.srv.draining.Load() {
 		c.reject(RejectDraining, 503, "")
-		return end
+		return
 	}
 	if int(c.srv.live.Add(1)) > c.srv.cfg.MaxConnections {
 		c.srv.live.Add(-1)
 		c.reject(RejectCapacity, 503, "")
-		return end
+		return
 	}
 	c.upgraded = true
 	c.serverID = string(serverID)
@@ -109,7 +119,6 @@ func (c *conn) handshake(data []byte) int {
 		c.startHeartbeat()
 		c.startLifetime() // binaries only
 	}
-	return end
 }
 
 func isGet(method []byte) bool { return string(method) == "GET" }
