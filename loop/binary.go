@@ -17,8 +17,13 @@ func (c *conn) binaryMessage(msg []byte) {
 		c.srv.log.Debug("envelope dropped", "remote", c.nc.RemoteAddr(), "err", err)
 		return
 	}
-	if len(env.ConnID) == 0 {
+	if len(env.ConnID) == 0 { // Scan guarantees a push_wake object then
+		if w := c.srv.cfg.Push; w != nil {
+			w.Wake(c.serverID, env.PushWake) // admits or drops; never blocks
+			return
+		}
 		c.srv.counters.Drops[DropPushWakeOff].Add(1)
+		c.srv.log.Debug("push wake dropped: push is off (no FCM credentials)")
 		return
 	}
 	p, ok := c.srv.reg.Phone(c.serverID, c, env.ConnID)

@@ -71,10 +71,23 @@ type Config struct {
 	// X-Forwarded-For address when present and parseable. Only for a relay
 	// behind a proxy that sets that header itself: clients can forge it.
 	TrustXForwardedFor bool
+	// Push sends the push wakes binaries ask for (PROTOCOL.md section 6);
+	// nil means push is off and every wake is dropped as push_wake_off.
+	Push PushWaker
 	// Version is reported by /healthz.
 	Version string
 	// Logger receives connection-level events; nil discards them.
 	Logger *slog.Logger
+}
+
+// PushWaker is what the relay hands push_wake objects to (package push
+// implements it). Wake must not block: it admits or drops at once and sends
+// elsewhere. pushWake points into the read buffer and is valid only during
+// the call. Outcomes reports each outcome's count for /metrics, by the
+// names pyrycode_relay_push_wakes_total uses.
+type PushWaker interface {
+	Wake(serverID string, pushWake []byte)
+	Outcomes(yield func(outcome string, n uint64))
 }
 
 // Protocol defaults (PROTOCOL.md section 7).

@@ -38,8 +38,23 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 	m.value(`kind="server_in_use"`, c.Upgrades[0][UpgradeReject409].Load())
 	m.value(`kind="phones_at_cap"`, c.Upgrades[1][UpgradeReject429].Load())
 	m.value(`kind="ratelimit"`, c.Upgrades[0][UpgradeRejectRateLimit].Load()+c.Upgrades[1][UpgradeRejectRateLimit].Load())
-	m.family("pyrycode_relay_push_wakes_total", "counter", "Push wake requests from binaries, by outcome (push is not configured: all dropped).")
-	m.value(`outcome="dropped"`, c.Drops[DropPushWakeOff].Load())
+	m.family("pyrycode_relay_push_wakes_total", "counter", "Push wake requests from binaries, by outcome (dropped: refused at admission, push off included).")
+	push := [...]struct {
+		name string
+		n    uint64
+	}{{"sent", 0}, {"unregistered", 0}, {"send_failed", 0}, {"token_fetch_failed", 0}, {"dropped", c.Drops[DropPushWakeOff].Load()}}
+	if s.cfg.Push != nil {
+		s.cfg.Push.Outcomes(func(name string, n uint64) {
+			for i := range push {
+				if push[i].name == name {
+					push[i].n += n
+				}
+			}
+		})
+	}
+	for _, p := range push {
+		m.value(`outcome="`+p.name+`"`, p.n)
+	}
 
 	m.family("switchboard_live_connections", "gauge", "Upgraded WebSocket connections open, both roles.")
 	m.value("", uint64(max(s.live.Load(), 0)))

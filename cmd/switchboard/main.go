@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"switchboard/loop"
+	"switchboard/push"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -33,6 +34,9 @@ type options struct {
 	logLvl     string
 	logFmt     string
 	production bool
+	fcmCreds   string
+	fcmURL     string
+	fcmToken   string
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -54,6 +58,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "switchboard", version)
 		return 0
 	}
+	creds, err := loadFCMCredentials(opts.fcmCreds)
+	if err != nil {
+		fmt.Fprintf(stderr, "switchboard: %v\n", err)
+		return 2
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(opts.logLvl)); err != nil {
 		fmt.Fprintf(stderr, "switchboard: invalid log-level %q\n", opts.logLvl)
@@ -72,6 +81,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	opts.cfg.Logger = log
 	opts.cfg.Version = version
+	if creds != nil {
+		waker, err := push.New(push.Config{Credentials: creds, Endpoint: opts.fcmURL, TokenURL: opts.fcmToken, Logger: log})
+		if err != nil {
+			fmt.Fprintf(stderr, "switchboard: %v\n", err)
+			return 2
+		}
+		defer waker.Close() // after Shutdown: no binary is left to ask for a wake
+		opts.cfg.Push = waker
+	}
 	srv, err := loop.New(opts.cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "switchboard: %v\n", err)
@@ -96,7 +114,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"max_connections", cfg.MaxConnections, "phones_per_server", cfg.PhonesPerServer,
 		"max_message_bytes", cfg.MaxMessageBytes, "rate_limit_burst", cfg.RateLimitBurst,
 		"rate_limit_interval", cfg.RateLimitInterval, "proxy_protocol", cfg.ProxyProtocol,
-		"trust_x_forwarded_for", cfg.TrustXForwardedFor, "binary_max_lifetime", cfg.BinaryMaxLifetime)
+		"trust_x_forwarded_for", cfg.TrustXForwardedFor, "binary_max_lifetime", cfg.BinaryMaxLifetime,
+		"push", creds != nil)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
@@ -148,6 +167,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.cfg.RateLimitMaxSources, "rate-limit-max-sources", loop.DefaultRateLimitMaxSources, "source IPs the rate limit tracks at once; when full, the one nearest a full bucket is forgotten")
 	fs.BoolVar(&o.cfg.ProxyProtocol, "proxy-protocol", false, "require a PROXY protocol v2 header on every connection and take the source IP from it")
 	fs.BoolVar(&o.cfg.TrustXForwardedFor, "trust-x-forwarded-for", false, "take the source IP from the left-most X-Forwarded-For address (only behind a proxy that sets it)")
+	fs.StringVar(&o.fcmCreds, "fcm-credentials-file", "", "FCM service-account JSON key; turns push wakes on (else every wake is dropped). The key itself may instead be given in $SWITCHBOARD_FCM_CREDENTIALS_JSON")
+	fs.StringVar(&o.fcmURL, "fcm-endpoint", push.DefaultEndpoint, "FCM HTTP v1 base URL")
+	fs.StringVar(&o.fcmToken, "fcm-token-url", "", "OAuth2 token endpoint for the FCM key (default: the key's token_uri)")
 	fs.StringVar(&o.admin, "admin-listen", "127.0.0.1:9090", "admin listener for operator endpoints (/metrics, pprof); empty disables it")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin listener")
 	fs.StringVar(&o.logLvl, "log-level", "info", "log level: debug, info, warn, error")
@@ -177,4 +199,29 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, envErr
 	}
 	return o, nil
+}
+
+// credentialsJSONEnv holds the FCM key itself, for platforms that hand
+// secrets over as environment variables. It is not a flag: a key on the
+// command line would show in the process list.
+const credentialsJSONEnv = "SWITCHBOARD_FCM_CREDENTIALS_JSON"
+
+// loadFCMCredentials validates the FCM key from --fcm-credentials-file or
+// $SWITCHBOARD_FCM_CREDENTIALS_JSON; nil, nil when neither is set (push
+// off). Its errors never quote the key.
+func loadFCMCredentials(path string) (*push.Credentials, error) {
+	js, haveJSON := os.LookupEnv(credentialsJSONEnv)
+	switch {
+	case path != "" && haveJSON:
+		return nil, fmt.Errorf("set one of --fcm-credentials-file and %s, not both", credentialsJSONEnv)
+	case path != "":
+		return push.LoadCredentialsFile(path)
+	case haveJSON:
+		c, err := push.ParseCredentials([]byte(js))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", credentialsJSONEnv, err)
+		}
+		return c, nil
+	}
+	return nil, nil
 }
