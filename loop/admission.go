@@ -51,7 +51,7 @@ func (c *conn) admit(req *wsframe.Request) bool {
 			c.src = a
 		}
 	}
-	if l := c.srv.limiter; l != nil && !l.allow(c.source()) {
+	if l := c.srv.limiter; l != nil && !l.Allow(c.source().As16()) /* IPv4 and its IPv6-mapped form share a bucket */ {
 		c.reject(RejectRateLimit, 429, "")
 		return false
 	}

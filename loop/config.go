@@ -1,6 +1,8 @@
 package loop
 
 import (
+	"switchboard/ratelimit"
+
 	"fmt"
 	"log/slog"
 	"time"
@@ -170,14 +172,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("rate-limit-burst must be 0 (off) or more, got %d", c.RateLimitBurst)
 	case c.RateLimitInterval <= 0:
 		return fmt.Errorf("rate-limit-interval must be positive, got %s", c.RateLimitInterval)
-	case c.RateLimitBurst > 0 && int64(c.RateLimitBurst) > int64(maxRateSpan/c.RateLimitInterval):
-		return fmt.Errorf("rate-limit-burst × rate-limit-interval must be at most %s, got %d × %s", maxRateSpan, c.RateLimitBurst, c.RateLimitInterval)
+	case c.RateLimitBurst > 0 && int64(c.RateLimitBurst) > int64(ratelimit.MaxSpan/c.RateLimitInterval):
+		return fmt.Errorf("rate-limit-burst × rate-limit-interval must be at most %s, got %d × %s", ratelimit.MaxSpan, c.RateLimitBurst, c.RateLimitInterval)
 	case c.BinaryMaxLifetime < 0:
 		return fmt.Errorf("binary-max-lifetime must be 0 (off) or positive, got %s", c.BinaryMaxLifetime)
 	case c.BinaryMaxLifetime > 0 && c.BinaryMaxLifetime < minBinaryLifetime:
 		return fmt.Errorf("binary-max-lifetime must be 0 (off) or at least %s, got %s", minBinaryLifetime, c.BinaryMaxLifetime)
-	case c.RateLimitMaxSources < rateShards:
-		return fmt.Errorf("rate-limit-max-sources must be at least %d, got %d", rateShards, c.RateLimitMaxSources)
+	case c.RateLimitMaxSources < ratelimit.MinKeys:
+		return fmt.Errorf("rate-limit-max-sources must be at least %d, got %d", ratelimit.MinKeys, c.RateLimitMaxSources)
 	}
 	for _, d := range []struct {
 		name string

@@ -4,6 +4,8 @@
 package loop
 
 import (
+	"switchboard/ratelimit"
+
 	"context"
 	"encoding/json"
 	"fmt"
@@ -65,7 +67,7 @@ type Server struct {
 	versionJSON  []byte
 	tooBigReason string
 	evl          netpoll.EventLoop
-	limiter      *rateLimiter // nil when the rate limit is off
+	limiter      *ratelimit.Limiter[[16]byte] // per source IP; nil when the rate limit is off
 	wheel        *wheel
 	probes       probes // takeover probes in progress
 }
@@ -88,7 +90,7 @@ func New(cfg Config) (*Server, error) {
 		started:      time.Now(),
 		versionJSON:  version,
 		tooBigReason: fmt.Sprintf("read limited at %d bytes", cfg.MaxMessageBytes+1),
-		limiter:      newRateLimiter(cfg.RateLimitBurst, cfg.RateLimitInterval, cfg.RateLimitMaxSources),
+		limiter:      ratelimit.New[[16]byte](cfg.RateLimitBurst, cfg.RateLimitInterval, cfg.RateLimitMaxSources),
 	}
 	evl, err := netpoll.NewEventLoop(s.onRequest,
 		netpoll.WithOnPrepare(s.onPrepare),

@@ -1,6 +1,8 @@
 package push
 
 import (
+	"switchboard/ratelimit"
+
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -42,7 +44,7 @@ type Waker struct {
 	url      string
 	client   *http.Client
 	tokens   oauth2.TokenSource
-	buckets  *buckets
+	buckets  *ratelimit.Limiter[string]
 	inFlight chan struct{} // a slot per send in flight
 	log      *slog.Logger
 	ctx      context.Context
@@ -91,7 +93,7 @@ func New(cfg Config) (*Waker, error) {
 		url:      sendURL(cfg.Endpoint, cfg.Credentials.ProjectID),
 		client:   client,
 		tokens:   jc.TokenSource(tokenCtx),
-		buckets:  newBuckets(cfg.Burst, cfg.Interval, cfg.MaxServers),
+		buckets:  ratelimit.New[string](cfg.Burst, cfg.Interval, cfg.MaxServers),
 		inFlight: make(chan struct{}, cfg.MaxInFlight),
 		log:      cfg.Logger,
 		ctx:      ctx,
@@ -128,7 +130,7 @@ func (w *Waker) Wake(serverID string, pushWake []byte) {
 		w.drop("sends in flight at the cap", "token_fp", Fingerprint(req.Token))
 		return
 	}
-	if !w.buckets.allow(serverID) {
+	if !w.buckets.Allow(serverID) {
 		<-w.inFlight
 		w.drop("server-id over its wake rate", "token_fp", Fingerprint(req.Token))
 		return
