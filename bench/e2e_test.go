@@ -167,6 +167,7 @@ func runRoundTrips(b *testing.B, p *relayProc, phones []*Client, inflight int) {
 		lat[i] = make([]time.Duration, 0, per)
 	}
 	m0, cpu0 := p.mem(b), p.cpu(b)
+	fl0, fr0 := p.metric(b, "switchboard_flushes_total"), p.metric(b, "switchboard_frames_flushed_total")
 	b.ResetTimer()
 	var wg sync.WaitGroup
 	for i, pc := range phones {
@@ -212,6 +213,10 @@ func runRoundTrips(b *testing.B, p *relayProc, phones []*Client, inflight int) {
 	b.ReportMetric(float64(all[len(all)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(all[len(all)*99/100].Microseconds()), "p99-µs")
 	b.ReportMetric(float64(p.goroutines(b)), "relay-goroutines")
+	if fl0 >= 0 {
+		fl1, fr1 := p.metric(b, "switchboard_flushes_total"), p.metric(b, "switchboard_frames_flushed_total")
+		b.ReportMetric((fr1-fr0)/max(fl1-fl0, 1), "frames/flush")
+	}
 }
 
 // BenchmarkIdle measures what an idle connection costs each relay: the

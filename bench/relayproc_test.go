@@ -173,6 +173,27 @@ func (p *relayProc) mem(tb testing.TB) memStats {
 	return m
 }
 
+// metric returns one unlabelled series from the relay's /metrics, or -1 when
+// the relay does not export it (the baseline has no metrics).
+func (p *relayProc) metric(tb testing.TB, name string) float64 {
+	resp, err := http.Get("http://" + p.admin + "/metrics")
+	if err != nil || resp.StatusCode != 200 {
+		if resp != nil {
+			resp.Body.Close()
+		}
+		return -1
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return -1
+}
+
 // goroutines returns the relay's goroutine count.
 func (p *relayProc) goroutines(tb testing.TB) int {
 	body := p.get(tb, "/debug/pprof/goroutine?debug=1")

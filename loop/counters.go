@@ -160,9 +160,11 @@ type Counters struct {
 	RegistryNoServer  atomic.Uint64
 	RegistryClaimed   atomic.Uint64
 	RegistryPhonesCap atomic.Uint64
-	OutboxBytesQueued atomic.Int64 // bytes charged to all outboxes right now
-	StagedBytes       atomic.Int64 // bytes of incomplete frames and messages held right now
-	WritersActive     atomic.Int64 // outbox writers running right now
+	OutboxBytesQueued atomic.Int64  // bytes charged to all outboxes right now
+	StagedBytes       atomic.Int64  // bytes of incomplete frames and messages held right now
+	WritersActive     atomic.Int64  // outbox writers running right now
+	Flushes           atomic.Uint64 // writev calls by outbox writers
+	FramesFlushed     atomic.Uint64 // frames those calls carried: / Flushes = coalescing
 }
 
 // Drop returns how many frames were dropped for reason r.

@@ -61,6 +61,7 @@ func (c *conn) route(req *wsframe.Request) bool {
 	case "/v1/server":
 		c.role = roleBinary
 		c.out.limit = c.srv.cfg.BinaryOutboxBytes // a binary fans in many phones
+		c.out.fanIn = true
 	case "/v1/client":
 		c.role = rolePhone
 	default:

