@@ -624,22 +624,9 @@ func (e *engine) runActive(p *phone) {
 			e.errs.add("unexpected_opcode", 1)
 			continue
 		}
-		seq, kind, re := p.v.check(b)
-		if re {
-			e.reencoded.Add(1)
-		}
-		if kind != "" {
-			e.errs.add(kind, 1)
+		seq, ok := e.acceptReply(p, b, want, next)
+		if !ok {
 			continue
-		}
-		if seq < want || seq >= next {
-			e.errs.add("unexpected_seq", 1)
-			continue
-		}
-		if seq != want {
-			// Replies were skipped: count them lost and go on from here.
-			e.errs.add("out_of_order", 1)
-			e.errs.add("lost", int64(seq-want))
 		}
 		e.lat.record(p.id, now-sent[seq%w])
 		want = seq + 1
@@ -856,4 +843,28 @@ func (e *engine) snapshot() progress {
 		RoundTrips: e.roundTrips.Load(), Cycles: e.cycles.Load(), Sends: e.sends.Load(),
 		Errors: e.errs.total.Load(), ConnFail: e.connFails.total.Load(),
 	}
+}
+
+// acceptReply verifies one reply of phone p, which expects sequence number
+// want and has sent up to next-1, and counts what is wrong with it. It
+// returns the reply's sequence number and whether it is one to time.
+// Replies skipped over are counted lost, and the phone goes on from seq.
+func (e *engine) acceptReply(p *phone, b []byte, want, next uint64) (uint64, bool) {
+	seq, kind, re := p.v.check(b)
+	if re {
+		e.reencoded.Add(1)
+	}
+	if kind != "" {
+		e.errs.add(kind, 1)
+		return 0, false
+	}
+	if seq < want || seq >= next {
+		e.errs.add("unexpected_seq", 1)
+		return 0, false
+	}
+	if seq != want {
+		e.errs.add("out_of_order", 1)
+		e.errs.add("lost", int64(seq-want))
+	}
+	return seq, true
 }

@@ -119,21 +119,9 @@ func (e *engine) runOpenLoop(p *phone) {
 			continue
 		}
 		want, next := o.want.Load(), o.next.Load()
-		seq, kind, re := p.v.check(b)
-		if re {
-			e.reencoded.Add(1)
-		}
-		if kind != "" {
-			e.errs.add(kind, 1)
+		seq, ok := e.acceptReply(p, b, want, next)
+		if !ok {
 			continue
-		}
-		if seq < want || seq >= next {
-			e.errs.add("unexpected_seq", 1)
-			continue
-		}
-		if seq != want {
-			e.errs.add("out_of_order", 1)
-			e.errs.add("lost", int64(seq-want))
 		}
 		e.lat.record(p.id, now-time.Duration(o.sched[seq%o.w].Load()))
 		e.latSend.record(p.id, now-time.Duration(o.sent[seq%o.w].Load()))
