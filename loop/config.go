@@ -5,6 +5,7 @@ import (
 
 	"fmt"
 	"log/slog"
+	"runtime"
 	"time"
 )
 
@@ -28,6 +29,13 @@ type Config struct {
 	BinaryOutboxBytes int
 	// MaxRequestHeaderBytes bounds the HTTP request head; beyond it 431.
 	MaxRequestHeaderBytes int
+	// ReadWorkers is how many goroutines run read tasks (parsing and
+	// routing what arrived on a socket); read tasks never block, so one per
+	// core keeps every core busy. Zero means GOMAXPROCS.
+	ReadWorkers int
+	// ReadQueueDepth bounds the read tasks waiting for a worker; beyond it a
+	// task gets a goroutine of its own (switchboard_read_tasks_spilled_total).
+	ReadQueueDepth int
 	// WriteTimeout bounds how long one flush to a peer may block before the
 	// connection is dropped.
 	WriteTimeout time.Duration
@@ -111,7 +119,15 @@ const (
 	DefaultGracePeriod           = 30 * time.Second
 	DefaultTakeoverTimeout       = 10 * time.Second
 	DefaultDrainTimeout          = 10 * time.Second
-	OutboxItemOverhead           = 64 // per-frame charge, as the reference relay counts its queue items
+	DefaultReadQueueDepth        = 4096 // several full epoll batches (netpoll takes up to 1,024 events per wait)
+	OutboxItemOverhead           = 64   // per-frame charge, as the reference relay counts its queue items
+)
+
+// Upper bounds on the read pool, against typos: more workers than this only
+// add goroutines, and the queue holds 8 bytes per slot up front.
+const (
+	maxReadWorkers    = 1024
+	maxReadQueueDepth = 1 << 20
 )
 
 // minBinaryLifetime is the shortest BinaryMaxLifetime Validate accepts:
@@ -126,6 +142,8 @@ func (c *Config) Defaults() {
 	setDefault(&c.PhoneOutboxBytes, DefaultPhoneOutboxBytes)
 	setDefault(&c.BinaryOutboxBytes, DefaultBinaryOutboxBytes)
 	setDefault(&c.MaxRequestHeaderBytes, DefaultMaxRequestHeaderBytes)
+	setDefault(&c.ReadWorkers, runtime.GOMAXPROCS(0))
+	setDefault(&c.ReadQueueDepth, DefaultReadQueueDepth)
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = DefaultWriteTimeout
 	}
@@ -164,6 +182,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("binary-outbox-bytes must hold one largest envelope (%d), got %d", c.MaxMessageBytes+OutboxItemOverhead+256, c.BinaryOutboxBytes)
 	case c.MaxRequestHeaderBytes < 512:
 		return fmt.Errorf("max-request-header-bytes must be at least 512, got %d", c.MaxRequestHeaderBytes)
+	case c.ReadWorkers < 0 || c.ReadWorkers > maxReadWorkers:
+		return fmt.Errorf("read-workers must be in 0 (one per CPU)..%d, got %d", maxReadWorkers, c.ReadWorkers)
+	case c.ReadQueueDepth < 1 || c.ReadQueueDepth > maxReadQueueDepth:
+		return fmt.Errorf("read-queue-depth must be in 1..%d, got %d", maxReadQueueDepth, c.ReadQueueDepth)
 	case c.WriteTimeout <= 0:
 		return fmt.Errorf("write-timeout must be positive, got %s", c.WriteTimeout)
 	case c.CloseLinger <= 0:

@@ -791,9 +791,15 @@ func TestSlowBinaryBoundsMemory(t *testing.T) {
 	frame := []byte(fmt.Sprintf(`{"flood":"%s"}`, strings.Repeat("f", 4<<10)))
 	for _, p := range ps {
 		wg.Add(2)
-		go func() { // flood until the relay closes this phone
+		// Flood until this phone sees the relay's close. The write error
+		// alone is not enough: gorilla answers a close frame only if its
+		// writer is free within a second, and a relay that drains a closed
+		// phone's input (as it must, to find the close answer) would then
+		// accept the flood for the whole CloseLinger.
+		var closed atomic.Bool
+		go func() {
 			defer wg.Done()
-			for p.conn.WriteMessage(websocket.TextMessage, frame) == nil {
+			for !closed.Load() && p.conn.WriteMessage(websocket.TextMessage, frame) == nil {
 			}
 		}()
 		go func() {
@@ -803,6 +809,7 @@ func TestSlowBinaryBoundsMemory(t *testing.T) {
 				if ev.err == nil {
 					continue
 				}
+				closed.Store(true)
 				var ce *websocket.CloseError
 				if errors.As(ev.err, &ce) {
 					res = closeResult{ce.Code, ce.Text}
@@ -833,7 +840,13 @@ func TestSlowBinaryBoundsMemory(t *testing.T) {
 			t.Fatalf("only %d of %d flooding phones closed; relay: %s", got, phones, counterSummary(r))
 		}
 	}
-	wg.Wait()
+	floodersDone := make(chan struct{})
+	go func() { wg.Wait(); close(floodersDone) }()
+	select {
+	case <-floodersDone:
+	case <-time.After(testTimeout):
+		t.Fatal("flooding phones still writing after their close")
+	}
 	lat = append(lat, roundTrips(t, others, 50)...)
 	close(sampling)
 	<-sampled

@@ -46,14 +46,19 @@ func init() {
 	}
 }
 
-// runTask starts each netpoll read task on a fresh goroutine. netpoll's
-// default pool ends a worker as soon as its queue is empty, so under
-// Switchboard's short tasks it spawned a worker per event anyway, plus an
-// allocation for the worker's closure; `go task()` reuses a dead goroutine's
-// stack and allocates nothing. Running tasks inline on the poller was
-// measured too: fewer allocations but ~40% fewer round trips per second on
-// two cores, as one poller then does all the parsing and routing.
-func runTask(_ context.Context, task func()) { go task() }
+// runTask hands each netpoll read task to its Server's read workers
+// (tasks.go). netpoll's default pool ends a worker as soon as its queue is
+// empty, so under Switchboard's short tasks it spawned a worker per event
+// anyway, plus an allocation for the worker's closure. Running tasks inline
+// on the poller was measured too: ~40% fewer round trips per second on two
+// cores, as one poller then does all the parsing and routing.
+func runTask(ctx context.Context, task func()) {
+	if c, ok := ctx.(*conn); ok {
+		c.srv.tasks.run(task)
+		return
+	}
+	go task()
+}
 
 // Server is one relay: a netpoll event loop and the registry it routes by.
 type Server struct {
@@ -69,6 +74,7 @@ type Server struct {
 	evl          netpoll.EventLoop
 	limiter      *ratelimit.Limiter[[16]byte] // per source IP; nil when the rate limit is off
 	wheel        *wheel
+	tasks        *readTasks
 	probes       probes // takeover probes in progress
 }
 
@@ -92,11 +98,13 @@ func New(cfg Config) (*Server, error) {
 		tooBigReason: fmt.Sprintf("read limited at %d bytes", cfg.MaxMessageBytes+1),
 		limiter:      ratelimit.New[[16]byte](cfg.RateLimitBurst, cfg.RateLimitInterval, cfg.RateLimitMaxSources),
 	}
+	s.tasks = newReadTasks(cfg.ReadWorkers, cfg.ReadQueueDepth)
 	evl, err := netpoll.NewEventLoop(s.onRequest,
 		netpoll.WithOnPrepare(s.onPrepare),
 		netpoll.WithWriteTimeout(cfg.WriteTimeout),
 	)
 	if err != nil {
+		s.tasks.stop(0)
 		return nil, err
 	}
 	s.evl = evl

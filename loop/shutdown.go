@@ -40,12 +40,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.stop()
 }
 
+// readWorkersPatience bounds how long stop waits for read tasks already
+// queued. They never block, so they finish in microseconds; the bound only
+// keeps a bug from turning into a shutdown that never ends.
+const readWorkersPatience = 5 * time.Second
+
 // stop closes the listener and every connection still open.
 func (s *Server) stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	err := s.evl.Shutdown(ctx)
 	s.wheel.close()
+	if !s.tasks.stop(readWorkersPatience) {
+		s.log.Error("read workers still busy after shutdown", "after", readWorkersPatience)
+	}
 	return err
 }
 

@@ -152,6 +152,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.cfg.PhoneOutboxBytes, "phone-outbox-bytes", loop.DefaultPhoneOutboxBytes, "outbound budget per phone (frame length + 64 per frame); overflow closes the phone 1011")
 	fs.IntVar(&o.cfg.BinaryOutboxBytes, "binary-outbox-bytes", loop.DefaultBinaryOutboxBytes, "outbound budget per binary; the phone whose frame would overflow it is closed 1011")
 	fs.IntVar(&o.cfg.MaxRequestHeaderBytes, "max-request-header-bytes", loop.DefaultMaxRequestHeaderBytes, "largest HTTP request head; larger gets 431")
+	fs.IntVar(&o.cfg.ReadWorkers, "read-workers", 0, "goroutines that parse and route what arrives on sockets (read tasks never block); 0 means one per CPU (GOMAXPROCS)")
+	fs.IntVar(&o.cfg.ReadQueueDepth, "read-queue-depth", loop.DefaultReadQueueDepth, "read tasks that may wait for a read worker; beyond it a task runs on a goroutine of its own (switchboard_read_tasks_spilled_total)")
 	fs.DurationVar(&o.cfg.WriteTimeout, "write-timeout", loop.DefaultWriteTimeout, "how long a write to one peer may block before that peer is dropped")
 	fs.DurationVar(&o.cfg.CloseLinger, "close-linger", loop.DefaultCloseLinger, "how long a closed connection waits for the peer's close answer")
 	fs.DurationVar(&o.cfg.HeartbeatInterval, "heartbeat-interval", loop.DefaultHeartbeatInterval, "how often every binary and phone is pinged")

@@ -19,6 +19,8 @@ func TestBadFlagValuesExit2WithOneLine(t *testing.T) {
 		{"--max-message-bytes", "12"},
 		{"--phone-outbox-bytes", "1000"},
 		{"--write-timeout", "soon"},
+		{"--read-workers", "5000"},
+		{"--read-queue-depth", "-1"},
 		{"--log-level", "loud"},
 		{"--no-such-flag"},
 		{"stray-argument"},

@@ -1,0 +1,85 @@
+package loop
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// waitClosed fails the test if ch is not closed within 10 s.
+func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// At the edge of the queue bound: one worker busy, one task queued, the
+// next task neither waits nor blocks its caller: it runs on a goroutine of
+// its own and is counted.
+func TestReadTasksSpillAtQueueBound(t *testing.T) {
+	rt := newReadTasks(1, 1)
+	release := make(chan struct{})
+	busy, queuedRan, spilledRan := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	rt.run(func() { close(busy); <-release })
+	waitClosed(t, busy, "the worker to start the first task")
+	rt.run(func() { close(queuedRan) })
+	if got := rt.queued(); got != 1 {
+		t.Fatalf("queued = %d with the worker busy, want 1", got)
+	}
+	rt.run(func() { close(spilledRan) })
+	waitClosed(t, spilledRan, "the spilled task (it must not wait for the busy worker)")
+	if got := rt.spilled.Load(); got != 1 {
+		t.Fatalf("spilled = %d, want 1", got)
+	}
+	select {
+	case <-queuedRan:
+		t.Fatal("the queued task ran while the only worker was busy")
+	default:
+	}
+	close(release)
+	waitClosed(t, queuedRan, "the queued task after the worker freed up")
+	if !rt.stop(10 * time.Second) {
+		t.Fatal("workers did not exit")
+	}
+}
+
+// Tasks submitted while stop runs are each run exactly once: queued ones
+// by the workers before they exit, later ones on their own goroutines.
+func TestReadTasksStopRacesRun(t *testing.T) {
+	rt := newReadTasks(2, 8)
+	const submitters, each = 8, 500
+	const total = submitters * each
+	var ran atomic.Int64
+	all := make(chan struct{})
+	var wg sync.WaitGroup
+	for range submitters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				rt.run(func() {
+					if ran.Add(1) == total {
+						close(all)
+					}
+				})
+			}
+		}()
+	}
+	if !rt.stop(10 * time.Second) { // concurrently with the submitters
+		t.Fatal("workers did not exit")
+	}
+	wg.Wait()
+	waitClosed(t, all, "every submitted task to run")
+	select {
+	case _, open := <-rt.queue:
+		if open {
+			t.Fatal("a task was left in the queue after stop")
+		}
+	default:
+		t.Fatal("queue not closed after stop")
+	}
+}
