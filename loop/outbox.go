@@ -6,7 +6,6 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/cloudwego/netpoll"
 	"github.com/valyala/bytebufferpool"
 )
 
@@ -198,20 +197,34 @@ func (o *outbox) drain() {
 	}
 }
 
-// write copies batch into netpoll's output buffer and flushes it. netpoll
-// gets a copy, never our slice, so a buffer returned to the pool can never
-// be sent by a poller still retrying a timed-out flush.
+// write sends batch with one writev (writev.go); only what the socket does
+// not take at once is copied into netpoll's output buffer, whose Flush waits
+// for room, up to WriteTimeout. netpoll gets a copy, never our slice, so a
+// buffer returned to the pool can never be sent by a poller still retrying a
+// timed-out flush.
 func (o *outbox) write(batch []*bytebufferpool.ByteBuffer) (cost int, err error) {
-	w := o.c.nc.Writer()
+	cost = batchCost(batch)
 	o.wmu.Lock()
 	if o.wclosed {
 		o.wmu.Unlock()
-		return batchCost(batch), errOutboxClosed
+		return cost, errOutboxClosed
 	}
-	for _, b := range batch {
-		dst, _ := w.Malloc(len(b.B))
-		copy(dst, b.B)
-		cost += len(b.B) + OutboxItemOverhead
+	rest, skip := batch, 0
+	if fd, ok := socketFD(o.c.nc); ok {
+		rest, skip, err = writevNonblocking(fd, batch)
+	}
+	if err != nil || len(rest) == 0 {
+		o.wmu.Unlock()
+		return cost, err
+	}
+	w := o.c.nc.Writer()
+	for i, b := range rest {
+		p := b.B
+		if i == 0 {
+			p = p[skip:]
+		}
+		dst, _ := w.Malloc(len(p))
+		copy(dst, p)
 	}
 	o.wmu.Unlock()
 	return cost, w.Flush()
@@ -266,26 +279,6 @@ func (o *outbox) writeFinalNow(b *bytebufferpool.ByteBuffer) bool {
 	return true
 }
 
-// writeNonblocking writes as much of p as the socket takes right now.
-func writeNonblocking(nc netpoll.Connection, p []byte) (int, error) {
-	fc, ok := nc.(interface{ Fd() int })
-	if !ok {
-		return 0, nil
-	}
-	for {
-		n, err := syscall.Write(fc.Fd(), p)
-		switch err {
-		case nil:
-			return n, nil
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return 0, nil
-		}
-		return 0, err
-	}
-}
-
 // finish ends the connection once its final frame is on the wire.
 func (o *outbox) finish() {
 	nc := o.c.nc
@@ -297,8 +290,8 @@ func (o *outbox) finish() {
 	// has run, netpoll closes the descriptor and its number may already
 	// belong to a new connection.
 	o.wmu.Lock()
-	if fc, ok := nc.(interface{ Fd() int }); ok && !o.wclosed {
-		_ = syscall.Shutdown(fc.Fd(), syscall.SHUT_WR)
+	if fd, ok := socketFD(nc); ok && !o.wclosed {
+		_ = syscall.Shutdown(fd, syscall.SHUT_WR)
 	}
 	o.wmu.Unlock()
 	o.c.startLinger()
