@@ -1,7 +1,6 @@
 package loop
 
 import (
-	"context"
 	"net/netip"
 	"sync/atomic"
 
@@ -34,7 +33,6 @@ func (r role) String() string {
 // context netpoll hands back to every callback, so finding it costs a type
 // assertion rather than a map lookup.
 type conn struct {
-	context.Context
 	srv *Server
 	nc  netpoll.Connection
 	out outbox

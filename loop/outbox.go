@@ -22,8 +22,7 @@ type outbox struct {
 	fanIn bool   // many goroutines push here: a binary's outbox
 
 	mu      sync.Mutex
-	queue   []*bytebufferpool.ByteBuffer
-	spare   []*bytebufferpool.ByteBuffer
+	queue   *[]*bytebufferpool.ByteBuffer // frames to write; nil while there are none (queues.go)
 	charged int // queued + being written, each frame at len + OutboxItemOverhead
 	running bool
 	state   outboxState
@@ -111,7 +110,7 @@ func (o *outbox) pushFinal(b *bytebufferpool.ByteBuffer, after afterWrite, disca
 
 // enqueueLocked appends b, starts the writer if none runs, and unlocks o.mu.
 func (o *outbox) enqueueLocked(b *bytebufferpool.ByteBuffer, cost int) {
-	o.queue = append(o.queue, b)
+	o.appendLocked(b)
 	o.charged += cost
 	start := !o.running
 	o.running = true
@@ -129,7 +128,7 @@ func (o *outbox) enqueueLocked(b *bytebufferpool.ByteBuffer, cost int) {
 func (o *outbox) pushHeld(b *bytebufferpool.ByteBuffer) {
 	cost := len(b.B) + OutboxItemOverhead
 	o.mu.Lock()
-	o.queue = append(o.queue, b)
+	o.appendLocked(b)
 	o.charged += cost
 	o.running = true // the writer release starts
 	o.held = true
@@ -152,7 +151,7 @@ func (o *outbox) drain() {
 		// A/B rounds, no overlap). With nothing else runnable it returns at
 		// once; a writer that starts with several frames does not yield.
 		o.mu.Lock()
-		lone := len(o.queue) == 1
+		lone := o.queue != nil && len(*o.queue) == 1
 		o.mu.Unlock()
 		if lone {
 			runtime.Gosched()
@@ -162,8 +161,8 @@ func (o *outbox) drain() {
 	defer o.c.srv.counters.WritersActive.Add(-1)
 	for {
 		o.mu.Lock()
-		batch := o.queue
-		if len(batch) == 0 {
+		q := o.queue
+		if q == nil {
 			o.running = false
 			final := o.state == outboxClosing
 			o.mu.Unlock()
@@ -172,20 +171,20 @@ func (o *outbox) drain() {
 			}
 			return
 		}
-		o.queue, o.spare = o.spare[:0], nil
+		o.queue = nil
 		o.held = false
 		o.mu.Unlock()
 
+		batch := *q
 		cost, err := o.write(batch)
 		o.c.srv.counters.Flushes.Add(1)
 		o.c.srv.counters.FramesFlushed.Add(uint64(len(batch)))
-		for i, b := range batch {
+		for _, b := range batch {
 			putBuf(&framePool, b)
-			batch[i] = nil
 		}
+		putQueue(q)
 		o.mu.Lock()
 		o.charged -= cost
-		o.spare = batch[:0]
 		o.mu.Unlock()
 		o.c.srv.counters.OutboxBytesQueued.Add(-int64(cost))
 		if err != nil {
@@ -271,7 +270,7 @@ func (o *outbox) writeFinalNow(b *bytebufferpool.ByteBuffer) bool {
 		return true
 	}
 	b.B = b.B[:copy(b.B, b.B[n:])]
-	o.queue = append(o.queue, b)
+	o.appendLocked(b)
 	o.charged += len(b.B) + OutboxItemOverhead
 	o.mu.Unlock()
 	o.c.srv.counters.OutboxBytesQueued.Add(int64(len(b.B) + OutboxItemOverhead))
@@ -300,18 +299,25 @@ func (o *outbox) finish() {
 // dropQueuedLocked frees every queued frame except a held 101, which must
 // still precede the close frame that follows.
 func (o *outbox) dropQueuedLocked() {
+	if o.queue == nil {
+		return
+	}
+	q := *o.queue
 	keep := 0
 	if o.held {
 		keep = 1
 	}
-	for i := keep; i < len(o.queue); i++ {
-		q := o.queue[i]
-		o.charged -= len(q.B) + OutboxItemOverhead
-		o.c.srv.counters.OutboxBytesQueued.Add(-int64(len(q.B) + OutboxItemOverhead))
-		putBuf(&framePool, q)
-		o.queue[i] = nil
+	for i := keep; i < len(q); i++ {
+		o.charged -= len(q[i].B) + OutboxItemOverhead
+		o.c.srv.counters.OutboxBytesQueued.Add(-int64(len(q[i].B) + OutboxItemOverhead))
+		putBuf(&framePool, q[i])
+		q[i] = nil
 	}
-	o.queue = o.queue[:min(keep, len(o.queue))]
+	*o.queue = q[:min(keep, len(q))]
+	if len(*o.queue) == 0 {
+		putQueue(o.queue)
+		o.queue = nil
+	}
 }
 
 // close runs in the connection's close callback: it frees what is queued and

@@ -133,7 +133,7 @@ func (s *Server) Live() int { return int(s.live.Load()) }
 func (s *Server) Config() Config { return s.cfg }
 
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
-	c := &conn{Context: context.Background(), srv: s, nc: nc}
+	c := &conn{srv: s, nc: nc}
 	c.out.init(c, s.cfg.PhoneOutboxBytes)
 	_ = nc.AddCloseCallback(c.onClosed)
 	c.setDeadline(&c.headDue, c.wheelNow()+int64(s.cfg.HandshakeTimeout))
