@@ -23,7 +23,7 @@ type outbox struct {
 
 	mu      sync.Mutex
 	queue   *[]*bytebufferpool.ByteBuffer // frames to write; nil while there are none (queues.go)
-	charged int // queued + being written, each frame at len + OutboxItemOverhead
+	charged int                           // queued + being written, each frame at len + OutboxItemOverhead
 	running bool
 	state   outboxState
 	after   afterWrite // what to do once the final frame is written
