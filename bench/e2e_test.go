@@ -14,6 +14,7 @@ import (
 
 var (
 	flagActivePhones = flag.Int("phones", 1024, "active phones in BenchmarkRelay")
+	flagRelayCPUs    = flag.String("relay-cpus", "", "pin each relay process to these CPUs (a taskset -c list, e.g. 0 or 0-7); pin the benchmark itself to others with taskset -c around go test. Empty: not pinned")
 	flagIdlePhones   = flag.Int("idle", 4000, "idle phones added in BenchmarkIdle (each relay-side connection is one fd: keep phones+phones/16 under ~18,000)")
 )
 

@@ -84,6 +84,15 @@ func startRelayProc(tb testing.TB, impl string) *relayProc {
 	default:
 		tb.Fatalf("unknown relay %q", impl)
 	}
+	if *flagRelayCPUs != "" {
+		// taskset execs the relay: same pid, so /proc and the admin
+		// endpoints still describe the relay alone.
+		path, err := exec.LookPath("taskset")
+		if err != nil {
+			tb.Fatalf("-relay-cpus needs taskset: %v", err)
+		}
+		p.cmd.Path, p.cmd.Args = path, append([]string{"taskset", "-c", *flagRelayCPUs}, p.cmd.Args...)
+	}
 	p.cmd.Stderr = os.Stderr
 	if err := p.cmd.Start(); err != nil {
 		tb.Fatal(err)
