@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -78,6 +79,28 @@ func TestVersionAndHelp(t *testing.T) {
 	for _, flag := range []string{"-listen", "-max-connections", "-phones-per-server", "-max-message-bytes", "-phone-outbox-bytes", "-version"} {
 		if !strings.Contains(errb.String(), flag) {
 			t.Errorf("--help does not mention %s", flag)
+		}
+	}
+}
+
+// Every flag --help lists has a row in docs/operations.md, where operators
+// look up what happens at each bound.
+func TestEveryFlagIsDocumented(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := run([]string{"--help"}, &out, &errb); code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	doc, err := os.ReadFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flags := regexp.MustCompile(`(?m)^  -([a-z0-9-]+)`).FindAllStringSubmatch(errb.String(), -1)
+	if len(flags) < 20 {
+		t.Fatalf("found only %d flags in --help output", len(flags))
+	}
+	for _, f := range flags {
+		if !bytes.Contains(doc, []byte("`--"+f[1])) {
+			t.Errorf("--%s is not in docs/operations.md", f[1])
 		}
 	}
 }
