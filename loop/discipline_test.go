@@ -791,16 +791,19 @@ func TestSlowBinaryBoundsMemory(t *testing.T) {
 	frame := []byte(fmt.Sprintf(`{"flood":"%s"}`, strings.Repeat("f", 4<<10)))
 	for _, p := range ps {
 		wg.Add(2)
-		// Flood until this phone sees the relay's close. The write error
-		// alone is not enough: gorilla answers a close frame only if its
-		// writer is free within a second, and a relay that drains a closed
-		// phone's input (as it must, to find the close answer) would then
-		// accept the flood for the whole CloseLinger.
+		// Flood until this phone sees the relay's close, then answer it.
+		// gorilla answers a close frame by itself only if its writer is
+		// free within a second; a flooding writer often is not, and the
+		// relay, draining the closed phone's input to find the answer (as
+		// it must), would accept the flood for the whole CloseLinger. So
+		// the flood stops on the close and the answer is sent here (a
+		// second answer is refused by gorilla and harmless).
 		var closed atomic.Bool
 		go func() {
 			defer wg.Done()
 			for !closed.Load() && p.conn.WriteMessage(websocket.TextMessage, frame) == nil {
 			}
+			_ = p.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(testTimeout))
 		}()
 		go func() {
 			defer wg.Done()
