@@ -36,6 +36,11 @@ type Config struct {
 	// ReadQueueDepth bounds the read tasks waiting for a worker; beyond it a
 	// task gets a goroutine of its own (switchboard_read_tasks_spilled_total).
 	ReadQueueDepth int
+	// ReadStallAfter is how long tasks may wait while every read worker is
+	// busy and none takes a task (a peer that never pauses keeps its task,
+	// and so a worker, going); after it, new tasks start rescuer goroutines
+	// that serve the queue (switchboard_read_task_rescues_total).
+	ReadStallAfter time.Duration
 	// WriteTimeout bounds how long one flush to a peer may block before the
 	// connection is dropped.
 	WriteTimeout time.Duration
@@ -119,8 +124,9 @@ const (
 	DefaultGracePeriod           = 30 * time.Second
 	DefaultTakeoverTimeout       = 10 * time.Second
 	DefaultDrainTimeout          = 10 * time.Second
-	DefaultReadQueueDepth        = 4096 // several full epoll batches (netpoll takes up to 1,024 events per wait)
-	OutboxItemOverhead           = 64   // per-frame charge, as the reference relay counts its queue items
+	DefaultReadQueueDepth        = 4096             // several full epoll batches (netpoll takes up to 1,024 events per wait)
+	DefaultReadStallAfter        = time.Millisecond // ~10× the longest read task of a default-size (256 KiB) message
+	OutboxItemOverhead           = 64               // per-frame charge, as the reference relay counts its queue items
 )
 
 // Upper bounds on the read pool, against typos: more workers than this only
@@ -144,6 +150,7 @@ func (c *Config) Defaults() {
 	setDefault(&c.MaxRequestHeaderBytes, DefaultMaxRequestHeaderBytes)
 	setDefault(&c.ReadWorkers, runtime.GOMAXPROCS(0))
 	setDefault(&c.ReadQueueDepth, DefaultReadQueueDepth)
+	setDefaultDuration(&c.ReadStallAfter, DefaultReadStallAfter)
 	if c.WriteTimeout == 0 {
 		c.WriteTimeout = DefaultWriteTimeout
 	}
@@ -186,6 +193,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("read-workers must be in 0 (one per CPU)..%d, got %d", maxReadWorkers, c.ReadWorkers)
 	case c.ReadQueueDepth < 1 || c.ReadQueueDepth > maxReadQueueDepth:
 		return fmt.Errorf("read-queue-depth must be in 1..%d, got %d", maxReadQueueDepth, c.ReadQueueDepth)
+	case c.ReadStallAfter < 0 || c.ReadStallAfter > time.Second:
+		return fmt.Errorf("read-stall-after must be in 0 (default)..1s, got %s", c.ReadStallAfter)
 	case c.WriteTimeout <= 0:
 		return fmt.Errorf("write-timeout must be positive, got %s", c.WriteTimeout)
 	case c.CloseLinger <= 0:

@@ -80,6 +80,8 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 	m.value("", uint64(s.tasks.queued()))
 	m.family("switchboard_read_tasks_spilled_total", "counter", "Read tasks run on a goroutine of their own because the read queue (--read-queue-depth) was full.")
 	m.value("", s.tasks.spilled.Load())
+	m.family("switchboard_read_task_rescues_total", "counter", "Read tasks that started a rescuer goroutine because every read worker had been busy past --read-stall-after with tasks waiting (peers that send without pause).")
+	m.value("", s.tasks.rescues.Load())
 	m.family("switchboard_writers_active", "gauge", "Connections with a writer flushing right now: a sustained high value means peers read slower than they are sent to.")
 	m.value("", uint64(max(c.WritersActive.Load(), 0)))
 	m.family("switchboard_flushes_total", "counter", "Writes (one writev each) by outbox writers; frames_flushed_total / flushes_total is how well writes coalesce.")

@@ -86,7 +86,7 @@ func TestMetricsFamiliesAndTraffic(t *testing.T) {
 		`switchboard_closes_total{reason="too_big"}`,
 		`switchboard_rejects_total{reason="missing_header"}`,
 		"switchboard_outbox_bytes", "switchboard_staged_bytes", "switchboard_writers_active",
-		"switchboard_read_tasks_queued", "switchboard_read_tasks_spilled_total",
+		"switchboard_read_tasks_queued", "switchboard_read_tasks_spilled_total", "switchboard_read_task_rescues_total",
 		"switchboard_live_connections", "switchboard_max_connections",
 	} {
 		if _, ok := before[name]; !ok {

@@ -98,7 +98,7 @@ func New(cfg Config) (*Server, error) {
 		tooBigReason: fmt.Sprintf("read limited at %d bytes", cfg.MaxMessageBytes+1),
 		limiter:      ratelimit.New[[16]byte](cfg.RateLimitBurst, cfg.RateLimitInterval, cfg.RateLimitMaxSources),
 	}
-	s.tasks = newReadTasks(cfg.ReadWorkers, cfg.ReadQueueDepth)
+	s.tasks = newReadTasks(cfg.ReadWorkers, cfg.ReadQueueDepth, cfg.ReadStallAfter)
 	evl, err := netpoll.NewEventLoop(s.onRequest,
 		netpoll.WithOnPrepare(s.onPrepare),
 		netpoll.WithWriteTimeout(cfg.WriteTimeout),

@@ -21,14 +21,32 @@ import (
 // Why a few workers are enough: a read task never blocks. It parses,
 // routes and pushes to outboxes; the socket writes, the only thing that
 // waits on a peer, happen on the outboxes' own writers. So GOMAXPROCS
-// workers keep every core busy, and a slow peer holds none of them.
+// workers keep every core busy.
 //
-// The queue is the bound: when it is full the task runs on a fresh
-// goroutine instead (counted in Spilled), so the poller never blocks and no
-// task waits behind an unbounded backlog.
+// But a task can run long: netpoll keeps a connection's task going for as
+// long as input keeps arriving, so a peer that sends without pause holds a
+// worker for as long as it keeps sending. Two bounds keep such peers from
+// starving everyone else:
+//   - the queue: when it is full the task runs on a goroutine of its own
+//     (Spilled), so the poller never blocks;
+//   - the stall: when tasks are waiting, no worker is idle and none has
+//     taken a task for stallAfter, a watchdog starts a rescuer goroutine
+//     that serves the queue until it is empty (Rescues). Under such a flood
+//     the relay falls back to a goroutine per task, which the Go scheduler
+//     time-slices fairly. The watchdog is a timer armed only while tasks
+//     wait in the queue (a task handed straight to an idle worker does not
+//     arm it), so an idle or lightly loaded relay never wakes for it.
 type readTasks struct {
-	queue   chan func()
-	spilled atomic.Uint64
+	queue      chan func()
+	stallAfter int64 // nanoseconds
+	now        func() int64
+
+	idle     atomic.Int32 // workers waiting for a task
+	lastTake atomic.Int64 // when a worker or rescuer last took a task (now())
+	spilled  atomic.Uint64
+	rescues  atomic.Uint64
+	watchdog *time.Timer // runs watch; armed while every worker is busy
+	armed    atomic.Bool
 
 	// stop closes queue once no run call can still be sending to it:
 	// run announces itself in sending before it looks at stopped.
@@ -37,8 +55,20 @@ type readTasks struct {
 	workers sync.WaitGroup
 }
 
-func newReadTasks(workers, depth int) *readTasks {
-	t := &readTasks{queue: make(chan func(), depth)}
+func newReadTasks(workers, depth int, stallAfter time.Duration) *readTasks {
+	return newReadTasksClock(workers, depth, stallAfter, func() int64 { return time.Now().UnixNano() })
+}
+
+// newReadTasksClock is newReadTasks on the clock now (tests step it).
+func newReadTasksClock(workers, depth int, stallAfter time.Duration, now func() int64) *readTasks {
+	t := &readTasks{
+		queue:      make(chan func(), depth),
+		stallAfter: int64(stallAfter),
+		now:        now,
+	}
+	t.lastTake.Store(t.now())
+	t.watchdog = time.AfterFunc(time.Hour, t.watch)
+	t.watchdog.Stop()
 	t.workers.Add(workers)
 	for range workers {
 		go t.work()
@@ -48,19 +78,32 @@ func newReadTasks(workers, depth int) *readTasks {
 
 func (t *readTasks) work() {
 	defer t.workers.Done()
-	for task := range t.queue {
+	for {
+		t.idle.Add(1)
+		task, ok := <-t.queue
+		t.idle.Add(-1)
+		if !ok {
+			return
+		}
+		t.lastTake.Store(t.now())
 		task()
 	}
 }
 
-// run queues task for a worker, or starts it on its own goroutine when the
-// queue is full or the server has stopped. It never blocks.
+// run queues task for a worker, or starts it on a goroutine of its own when
+// the queue is full or the server has stopped. It never blocks.
 func (t *readTasks) run(task func()) {
 	t.sending.Add(1)
 	if !t.stopped.Load() {
 		select {
 		case t.queue <- task:
 			t.sending.Add(-1)
+			// Buffered rather than handed to a waiting worker: make sure
+			// someone checks that it gets taken. (A worker's idle count
+			// can lag: one just handed a task still counts as idle.)
+			if len(t.queue) > 0 {
+				t.arm()
+			}
 			return
 		default:
 			t.spilled.Add(1)
@@ -68,6 +111,52 @@ func (t *readTasks) run(task func()) {
 	}
 	t.sending.Add(-1)
 	go task()
+}
+
+// arm makes sure the watchdog will look at the queue within stallAfter.
+func (t *readTasks) arm() {
+	if t.armed.CompareAndSwap(false, true) {
+		t.watchdog.Reset(time.Duration(t.stallAfter))
+	}
+}
+
+// watch runs on the watchdog timer: it starts a rescuer if the workers are
+// stalled, and looks again later while tasks wait.
+func (t *readTasks) watch() {
+	t.armed.Store(false)
+	if t.stopped.Load() || len(t.queue) == 0 {
+		return
+	}
+	if t.stalled() {
+		t.rescues.Add(1)
+		t.lastTake.Store(t.now()) // one rescuer per stallAfter at most
+		go t.rescue()
+	}
+	if len(t.queue) > 0 {
+		t.arm()
+	}
+}
+
+// stalled reports whether queued tasks are stuck behind workers that are
+// all busy with long tasks.
+func (t *readTasks) stalled() bool {
+	return len(t.queue) > 0 && t.idle.Load() == 0 && t.now()-t.lastTake.Load() > t.stallAfter
+}
+
+// rescue takes queued tasks until the queue is empty.
+func (t *readTasks) rescue() {
+	for {
+		select {
+		case task, ok := <-t.queue:
+			if !ok {
+				return
+			}
+			t.lastTake.Store(t.now())
+			task()
+		default:
+			return
+		}
+	}
 }
 
 // queued is the number of tasks waiting for a worker.
@@ -78,6 +167,7 @@ func (t *readTasks) queued() int { return len(t.queue) }
 // afterwards get a goroutine each.
 func (t *readTasks) stop(patience time.Duration) bool {
 	t.stopped.Store(true)
+	t.watchdog.Stop()
 	for t.sending.Load() != 0 {
 		runtime.Gosched()
 	}

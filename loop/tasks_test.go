@@ -21,7 +21,7 @@ func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
 // next task neither waits nor blocks its caller: it runs on a goroutine of
 // its own and is counted.
 func TestReadTasksSpillAtQueueBound(t *testing.T) {
-	rt := newReadTasks(1, 1)
+	rt := newReadTasks(1, 1, time.Hour)
 	release := make(chan struct{})
 	busy, queuedRan, spilledRan := make(chan struct{}), make(chan struct{}), make(chan struct{})
 	rt.run(func() { close(busy); <-release })
@@ -50,7 +50,7 @@ func TestReadTasksSpillAtQueueBound(t *testing.T) {
 // Tasks submitted while stop runs are each run exactly once: queued ones
 // by the workers before they exit, later ones on their own goroutines.
 func TestReadTasksStopRacesRun(t *testing.T) {
-	rt := newReadTasks(2, 8)
+	rt := newReadTasks(2, 8, time.Hour)
 	const submitters, each = 8, 500
 	const total = submitters * each
 	var ran atomic.Int64
@@ -81,5 +81,54 @@ func TestReadTasksStopRacesRun(t *testing.T) {
 		}
 	default:
 		t.Fatal("queue not closed after stop")
+	}
+}
+
+// At the edge of the stall bound: with the only worker held by a long task
+// and tasks queued, the watchdog rescues nothing until the worker has taken
+// nothing for stallAfter; after that it starts a rescuer, which runs the
+// queued tasks while the worker is still held.
+func TestReadTasksRescueStalledQueue(t *testing.T) {
+	var clock atomic.Int64
+	rt := newReadTasksClock(1, 8, time.Millisecond, clock.Load)
+	release := make(chan struct{})
+	busy, firstRan, secondRan := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	rt.run(func() { close(busy); <-release })
+	waitClosed(t, busy, "the worker to start the long task")
+	rt.run(func() { close(firstRan) })
+	rt.run(func() { close(secondRan) })
+
+	clock.Store(int64(time.Millisecond)) // exactly stallAfter: not yet a stall
+	rt.watch()
+	if got := rt.queued(); got != 2 || rt.rescues.Load() != 0 {
+		t.Fatalf("at stallAfter: %d queued, %d rescues; want 2 queued, no rescue", got, rt.rescues.Load())
+	}
+
+	clock.Store(int64(time.Millisecond) + 1)
+	rt.watch()
+	waitClosed(t, firstRan, "the first queued task, run by the rescuer")
+	waitClosed(t, secondRan, "the second queued task, run by the rescuer")
+	if got := rt.rescues.Load(); got != 1 {
+		t.Fatalf("rescues = %d, want 1", got)
+	}
+	close(release)
+	if !rt.stop(10 * time.Second) {
+		t.Fatal("workers did not exit")
+	}
+}
+
+// The watchdog fires on its own (real clock): a queued task behind a held
+// worker runs within a few stall periods without any further task arriving.
+func TestReadTasksWatchdogNeedsNoNewTasks(t *testing.T) {
+	rt := newReadTasks(1, 8, time.Millisecond)
+	release := make(chan struct{})
+	busy, queuedRan := make(chan struct{}), make(chan struct{})
+	rt.run(func() { close(busy); <-release })
+	waitClosed(t, busy, "the worker to start the long task")
+	rt.run(func() { close(queuedRan) })
+	waitClosed(t, queuedRan, "the watchdog to rescue the queued task")
+	close(release)
+	if !rt.stop(10 * time.Second) {
+		t.Fatal("workers did not exit")
 	}
 }

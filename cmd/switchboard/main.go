@@ -154,6 +154,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.cfg.MaxRequestHeaderBytes, "max-request-header-bytes", loop.DefaultMaxRequestHeaderBytes, "largest HTTP request head; larger gets 431")
 	fs.IntVar(&o.cfg.ReadWorkers, "read-workers", 0, "goroutines that parse and route what arrives on sockets (read tasks never block); 0 means one per CPU (GOMAXPROCS)")
 	fs.IntVar(&o.cfg.ReadQueueDepth, "read-queue-depth", loop.DefaultReadQueueDepth, "read tasks that may wait for a read worker; beyond it a task runs on a goroutine of its own (switchboard_read_tasks_spilled_total)")
+	fs.DurationVar(&o.cfg.ReadStallAfter, "read-stall-after", loop.DefaultReadStallAfter, "when every read worker has been busy this long with tasks waiting (a peer that sends without pause), new tasks start rescuer goroutines that serve the queue; at most 1s")
 	fs.DurationVar(&o.cfg.WriteTimeout, "write-timeout", loop.DefaultWriteTimeout, "how long a write to one peer may block before that peer is dropped")
 	fs.DurationVar(&o.cfg.CloseLinger, "close-linger", loop.DefaultCloseLinger, "how long a closed connection waits for the peer's close answer")
 	fs.DurationVar(&o.cfg.HeartbeatInterval, "heartbeat-interval", loop.DefaultHeartbeatInterval, "how often every binary and phone is pinged")

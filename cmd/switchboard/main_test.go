@@ -22,6 +22,7 @@ func TestBadFlagValuesExit2WithOneLine(t *testing.T) {
 		{"--write-timeout", "soon"},
 		{"--read-workers", "5000"},
 		{"--read-queue-depth", "-1"},
+		{"--read-stall-after", "2s"},
 		{"--log-level", "loud"},
 		{"--no-such-flag"},
 		{"stray-argument"},
