@@ -45,7 +45,7 @@ type readTasks struct {
 	lastTake atomic.Int64 // when a worker or rescuer last took a task (now())
 	spilled  atomic.Uint64
 	rescues  atomic.Uint64
-	watchdog *time.Timer // runs watch; armed while every worker is busy
+	watchdog *time.Timer // runs watch; armed while tasks wait in the queue
 	armed    atomic.Bool
 
 	// stop closes queue once no run call can still be sending to it:
