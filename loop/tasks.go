@@ -115,7 +115,9 @@ func (t *readTasks) run(task func()) {
 
 // arm makes sure the watchdog will look at the queue within stallAfter.
 func (t *readTasks) arm() {
-	if t.armed.CompareAndSwap(false, true) {
+	// Load first: under load nearly every enqueue finds it armed, and a
+	// failed CompareAndSwap still takes the cache line exclusively.
+	if !t.armed.Load() && t.armed.CompareAndSwap(false, true) {
 		t.watchdog.Reset(time.Duration(t.stallAfter))
 	}
 }
