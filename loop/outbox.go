@@ -252,7 +252,7 @@ func (o *outbox) writeFinalNow(b *bytebufferpool.ByteBuffer) bool {
 	n, err := 0, error(errOutboxClosed)
 	o.wmu.Lock()
 	if !o.wclosed {
-		n, err = writeNonblocking(o.c.nc, b.B)
+		n, err = writeOneNonblocking(o.c.nc, b)
 	}
 	o.wmu.Unlock()
 	o.mu.Lock()

@@ -77,22 +77,16 @@ func writevNonblocking(fd int, bufs []*bytebufferpool.ByteBuffer) (rest []*byteb
 	return nil, 0, nil
 }
 
-// writeNonblocking writes as much of p as the socket takes right now.
-func writeNonblocking(nc netpoll.Connection, p []byte) (int, error) {
+// writeOneNonblocking writes as much of b as the socket takes right now and
+// returns how much that was.
+func writeOneNonblocking(nc netpoll.Connection, b *bytebufferpool.ByteBuffer) (int, error) {
 	fd, ok := socketFD(nc)
 	if !ok {
 		return 0, nil
 	}
-	for {
-		n, err := syscall.Write(fd, p)
-		switch err {
-		case nil:
-			return n, nil
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return 0, nil
-		}
-		return 0, err
+	rest, skip, err := writevNonblocking(fd, []*bytebufferpool.ByteBuffer{b})
+	if len(rest) == 0 {
+		return len(b.B), err
 	}
+	return skip, err
 }
