@@ -2,7 +2,6 @@ package loop
 
 import (
 	"bytes"
-	"net"
 	"net/netip"
 
 	"switchboard/wsframe"
@@ -29,8 +28,8 @@ func (c *conn) proxyHeader(data []byte) int {
 	if err != nil {
 		c.readDone = true
 		c.srv.counters.Rejects[RejectBadProxyHeader].Add(1)
-		c.srv.log.Debug("request refused", "reason", RejectBadProxyHeader.String(), "remote", c.nc.RemoteAddr(), "err", err)
-		_ = c.nc.Close()
+		c.srv.log.Debug("request refused", "reason", RejectBadProxyHeader.String(), "remote", c.src, "err", err)
+		c.closeSocket()
 		return 0
 	}
 	if n == 0 {
@@ -61,12 +60,7 @@ func (c *conn) admit(req *wsframe.Request) bool {
 // source is the address the relay keys and logs the connection by: a
 // trusted X-Forwarded-For, else the PROXY header's source, else the peer.
 func (c *conn) source() netip.Addr {
-	if !c.src.IsValid() {
-		if ta, ok := c.nc.RemoteAddr().(*net.TCPAddr); ok {
-			c.src = ta.AddrPort().Addr().Unmap()
-		}
-	}
-	return c.src
+	return c.src // the peer's address unless a header above replaced it
 }
 
 // forwardedFor parses the left-most address of an X-Forwarded-For value:

@@ -14,7 +14,7 @@ func (c *conn) binaryMessage(msg []byte) {
 	env := c.env
 	if err := env.Scan(msg); err != nil {
 		c.srv.counters.Drops[DropBadEnvelope].Add(1)
-		c.srv.log.Debug("envelope dropped", "remote", c.nc.RemoteAddr(), "err", err)
+		c.srv.log.Debug("envelope dropped", "remote", c.src, "err", err)
 		return
 	}
 	if len(env.ConnID) == 0 { // Scan guarantees a push_wake object then

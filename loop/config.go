@@ -27,6 +27,18 @@ type Config struct {
 	// way; the phone whose frame would overflow it is closed 1011 (the binary
 	// and its other phones are untouched).
 	BinaryOutboxBytes int
+	// MaxInputBufferBytes bounds the input one connection holds unparsed:
+	// read ahead by netpoll, staged, or reassembled. At it the relay stops
+	// reading the socket (TCP flow control slows the sender) and starts
+	// again once only an incomplete frame is left. Zero means
+	// 2 × MaxMessageBytes. It must hold one largest message.
+	MaxInputBufferBytes int
+	// MemoryBudgetBytes bounds the bytes all connections' buffers hold
+	// together (input and outboxes). At 80% of it upgrades are refused 503
+	// and large readers pause; at it the largest holder is closed 1013.
+	// Zero in a Config turns it off; the command's default is
+	// DefaultMemoryBudgetBytes.
+	MemoryBudgetBytes int64
 	// MaxRequestHeaderBytes bounds the HTTP request head; beyond it 431.
 	MaxRequestHeaderBytes int
 	// ReadWorkers is how many goroutines run read tasks (parsing and
@@ -112,6 +124,7 @@ const (
 	DefaultPhoneOutboxBytes      = 4 << 20
 	DefaultBinaryOutboxBytes     = 16 << 20 // a binary fans in up to 16 phones: 4 MiB each
 	DefaultMaxRequestHeaderBytes = 8192     // real clients send under 1 KiB; 8 KiB is net/http's order of magnitude for one line
+	DefaultMemoryBudgetBytes     = 1 << 30  // the command's default: 250 phones' full outboxes, far above any honest load
 	DefaultWriteTimeout          = 10 * time.Second
 	DefaultCloseLinger           = 5 * time.Second // long enough for a phone on a slow link to answer a close frame
 	DefaultRateLimitBurst        = 20              // the command's default; a zero Config leaves the limit off
@@ -128,6 +141,9 @@ const (
 	DefaultReadStallAfter        = time.Millisecond // ~10× the longest read task of a default-size (256 KiB) message
 	OutboxItemOverhead           = 64               // per-frame charge, as the reference relay counts its queue items
 )
+
+// maxFrameHeader is the longest WebSocket frame header a client sends.
+const maxFrameHeader = 14
 
 // Upper bounds on the read pool, against typos: more workers than this only
 // add goroutines, and the queue holds 8 bytes per slot up front.
@@ -148,6 +164,7 @@ func (c *Config) Defaults() {
 	setDefault(&c.PhoneOutboxBytes, DefaultPhoneOutboxBytes)
 	setDefault(&c.BinaryOutboxBytes, DefaultBinaryOutboxBytes)
 	setDefault(&c.MaxRequestHeaderBytes, DefaultMaxRequestHeaderBytes)
+	setDefault(&c.MaxInputBufferBytes, 2*c.MaxMessageBytes)
 	setDefault(&c.ReadWorkers, runtime.GOMAXPROCS(0))
 	setDefault(&c.ReadQueueDepth, DefaultReadQueueDepth)
 	setDefaultDuration(&c.ReadStallAfter, DefaultReadStallAfter)
@@ -187,6 +204,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("phone-outbox-bytes must hold one largest message (%d), got %d", c.MaxMessageBytes+OutboxItemOverhead, c.PhoneOutboxBytes)
 	case c.BinaryOutboxBytes < c.MaxMessageBytes+OutboxItemOverhead+256:
 		return fmt.Errorf("binary-outbox-bytes must hold one largest envelope (%d), got %d", c.MaxMessageBytes+OutboxItemOverhead+256, c.BinaryOutboxBytes)
+	case c.MaxInputBufferBytes < c.MaxMessageBytes+maxFrameHeader || c.MaxInputBufferBytes > 1<<30:
+		return fmt.Errorf("max-input-buffer-bytes must be in %d (one largest message)..%d, got %d", c.MaxMessageBytes+maxFrameHeader, 1<<30, c.MaxInputBufferBytes)
+	case c.MemoryBudgetBytes < 0:
+		return fmt.Errorf("memory-budget-bytes must be 0 (off) or positive, got %d", c.MemoryBudgetBytes)
+	case c.MemoryBudgetBytes > 0 && c.MemoryBudgetBytes < int64(4*c.MaxInputBufferBytes):
+		return fmt.Errorf("memory-budget-bytes must be 0 (off) or at least 4 × max-input-buffer-bytes (%d), got %d", 4*c.MaxInputBufferBytes, c.MemoryBudgetBytes)
 	case c.MaxRequestHeaderBytes < 512:
 		return fmt.Errorf("max-request-header-bytes must be at least 512, got %d", c.MaxRequestHeaderBytes)
 	case c.ReadWorkers < 0 || c.ReadWorkers > maxReadWorkers:

@@ -34,26 +34,35 @@ func (r role) String() string {
 // assertion rather than a map lookup.
 type conn struct {
 	srv *Server
+	// nc is netpoll's connection for the socket. The read side replaces it
+	// when a paused socket is handed back (pause.go); other goroutines use
+	// fd, or reach nc only through closeSocket.
 	nc  netpoll.Connection
 	out outbox
 
-	// Read side: touched only by the connection's read task and its close
-	// callback, which netpoll never runs at the same time.
-	upgraded   bool
-	readDone   bool                       // input is discarded from here on
-	headOnly   bool                       // answering a HEAD request
-	stage      *bytebufferpool.ByteBuffer // incomplete request head or frame
-	msg        *bytebufferpool.ByteBuffer // data frames of a fragmented message
-	msgOp      ws.OpCode                  // opcode of the message being reassembled
+	// Read side: touched only by the connection's read task, its close
+	// callback and, while reading is paused, its paused steps, of which
+	// only one ever runs at a time.
+	stage    *bytebufferpool.ByteBuffer // incomplete request head or frame; while paused, all input held
+	msg      *bytebufferpool.ByteBuffer // data frames of a fragmented message
+	serverID string
+	src      netip.Addr           // source: trusted X-Forwarded-For, PROXY header, or the peer (see source)
+	connID   string               // phone: its conn_id
+	binary   *conn                // phone: the binary it was attached to
+	env      *envelope.FromBinary // binary: scratch for the envelope being routed
+
+	fd         int32         // the socket's descriptor, the same across a pause
+	unread     int32         // input netpoll held at the last look (noteUnread)
+	inputHeld  atomic.Int32  // unread + staged + reassembled, for the memory budget
+	sock       atomic.Uint32 // who owns the descriptor (socket.go)
+	noticeCode uint16        // phone: code of its close frame, for the close notice
+	msgOp      ws.OpCode     // opcode of the message being reassembled
 	role       role
-	serverID   string
-	src        netip.Addr           // source: trusted X-Forwarded-For, PROXY header, or the peer (see source)
-	proxied    bool                 // the PROXY header is consumed
-	noticeCode uint16               // phone: code of its close frame, for the close notice
-	detached   bool                 // phone: left the registry / binary: released its slot
-	connID     string               // phone: its conn_id
-	binary     *conn                // phone: the binary it was attached to
-	env        *envelope.FromBinary // binary: scratch for the envelope being routed
+	upgraded   bool
+	readDone   bool // input is discarded from here on
+	headOnly   bool // answering a HEAD request
+	proxied    bool // the PROXY header is consumed
+	detached   bool // phone: left the registry / binary: released its slot
 
 	// Shared: set by whichever goroutine decides the phone's fate.
 	state connState
@@ -107,11 +116,11 @@ func (c *conn) echoClose(code uint16) {
 
 // writeFailed runs on the writer when a flush fails or times out.
 func (c *conn) writeFailed(err error) {
-	if !c.state.closing.Load() {
+	if !c.state.closing.Load() && err != errOutboxClosed {
 		c.srv.counters.Closes[CloseWriteFailed].Add(1)
-		c.srv.log.Debug("write failed", "role", c.role, "remote", c.nc.RemoteAddr(), "err", err)
+		c.srv.log.Debug("write failed", "role", c.role, "remote", c.src, "err", err)
 	}
-	_ = c.nc.Close()
+	c.closeSocket()
 }
 
 // startLinger bounds the wait for the peer's answer to our close.
@@ -120,16 +129,30 @@ func (c *conn) startLinger() {
 }
 
 // onClosed is netpoll's close callback: the socket is gone, whoever closed
-// it. It never runs while the read task does.
-func (c *conn) onClosed(netpoll.Connection) error {
+// it, or it is leaving netpoll for a read pause (pause.go). It never runs
+// while the read task does.
+func (c *conn) onClosed(nc netpoll.Connection) error {
+	if c.sock.Load()&^sockCloseAsked == sockPausing {
+		c.paused(nc)
+		return nil
+	}
+	c.sock.Store(sockClosed)
+	c.cleanup()
+	return nil
+}
+
+// cleanup releases what the connection holds once its socket is gone.
+func (c *conn) cleanup() {
 	c.gone.Store(true)
-	c.out.close()
+	if c.out.close() {
+		c.srv.budget.forget(c)
+	}
 	c.releaseInput()
+	c.noteUnread(0)
 	c.leave()
 	if c.upgraded {
 		c.srv.live.Add(-1)
 	}
-	return nil
 }
 
 func (c *conn) releaseInput() {

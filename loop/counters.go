@@ -52,6 +52,8 @@ const (
 	CloseTakenOver                           // binary displaced by a takeover (1011)
 	CloseGraceExpired                        // phone of a slot whose grace ran out (1000)
 	CloseLifetime                            // binary reached --binary-max-lifetime (1012)
+	CloseMemoryBudget                        // largest buffer holder when the relay reached --memory-budget-bytes (1013)
+	ClosePauseFailed                         // a paused socket could not wait for input (epoll refused it; dropped)
 	numCloseReasons
 )
 
@@ -75,6 +77,8 @@ var closeReasonNames = [numCloseReasons]string{
 	CloseTakenOver:        "taken_over",
 	CloseGraceExpired:     "grace_expired",
 	CloseLifetime:         "lifetime",
+	CloseMemoryBudget:     "memory_budget",
+	ClosePauseFailed:      "pause_failed",
 }
 
 func (r CloseReason) String() string { return closeReasonNames[r] }
@@ -94,6 +98,7 @@ const (
 	RejectDraining                           // relay shutting down (503)
 	RejectRateLimit                          // source over its upgrade rate limit (429)
 	RejectBadProxyHeader                     // PROXY v2 header missing or bad (closed, nothing answered)
+	RejectOverloaded                         // relay's buffers past the memory budget's high mark (503)
 	numRejectReasons
 )
 
@@ -109,6 +114,7 @@ var rejectReasonNames = [numRejectReasons]string{
 	RejectDraining:       "draining",
 	RejectRateLimit:      "rate_limited",
 	RejectBadProxyHeader: "bad_proxy_header",
+	RejectOverloaded:     "overloaded",
 }
 
 func (r RejectReason) String() string { return rejectReasonNames[r] }
@@ -165,6 +171,11 @@ type Counters struct {
 	WritersActive     atomic.Int64  // outbox writers running right now
 	Flushes           atomic.Uint64 // writev calls by outbox writers
 	FramesFlushed     atomic.Uint64 // frames those calls carried: / Flushes = coalescing
+	WriteWaits        atomic.Uint64 // writes that found the socket full and waited for room
+	UnreadBytes       atomic.Int64  // input netpoll has read and the read side has not taken yet
+	Pauses            [numPauseReasons]atomic.Uint64 // sockets taken out of netpoll's reading, by reason (once per connection)
+	DirectReadBytes   atomic.Uint64                  // bytes the relay read itself from paused sockets
+	PausedNow         atomic.Int64                   // sockets paused right now
 }
 
 // Drop returns how many frames were dropped for reason r.
@@ -172,6 +183,9 @@ func (c *Counters) Drop(r DropReason) uint64 { return c.Drops[r].Load() }
 
 // Close returns how many connections the relay closed for reason r.
 func (c *Counters) Close(r CloseReason) uint64 { return c.Closes[r].Load() }
+
+// Paused returns how many times a socket's reading paused for reason r.
+func (c *Counters) Paused(r PauseReason) uint64 { return c.Pauses[r].Load() }
 
 // Reject returns how many requests were refused for reason r.
 func (c *Counters) Reject(r RejectReason) uint64 { return c.Rejects[r].Load() }

@@ -67,12 +67,12 @@ func (c *conn) onTimer(now int64) {
 	linger, head, msg, pong, life := due(&c.lingerDue), due(&c.headDue), due(&c.msgDue), due(&c.pongDue), due(&c.lifeDue)
 	switch {
 	case linger:
-		_ = c.nc.Close() // the peer never answered our close
+		c.closeSocket() // the peer never answered our close
 		return
 	case head:
 		// Nothing to answer: the request never arrived whole.
 		c.srv.counters.Closes[CloseHandshakeTimeout].Add(1)
-		_ = c.nc.Close()
+		c.closeSocket()
 		return
 	case msg:
 		c.closeWith(CloseReadTimeout, 1008, "message read timeout", false)

@@ -167,7 +167,7 @@ func (c *conn) register(deviceName []byte) (decided bool) {
 		}
 		closeReclaimed(evicted)
 		c.countUpgrade(UpgradeAccept)
-		s.log.Info("binary connected", "server_id", c.serverID, "remote", c.nc.RemoteAddr(), "reclaimed_phones", len(evicted))
+		s.log.Info("binary connected", "server_id", c.serverID, "remote", c.src, "reclaimed_phones", len(evicted))
 		return true
 	}
 	connID, b, err := s.reg.AddPhone(c.serverID, c)
@@ -184,7 +184,7 @@ func (c *conn) register(deviceName []byte) (decided bool) {
 	}
 	c.connID, c.binary = connID, b
 	c.countUpgrade(UpgradeAccept)
-	s.log.Debug("phone connected", "conn_id", connID, "device", string(deviceName), "remote", c.nc.RemoteAddr())
+	s.log.Debug("phone connected", "conn_id", connID, "device", string(deviceName), "remote", c.src)
 	return true
 }
 
@@ -240,7 +240,7 @@ func (c *conn) reject(why RejectReason, status int, body string) {
 	if c.role != roleNone {
 		c.countUpgrade(rejectOutcome(why))
 	}
-	c.srv.log.Debug("request refused", "reason", why.String(), "status", status, "remote", c.nc.RemoteAddr(), "source", c.source())
+	c.srv.log.Debug("request refused", "reason", why.String(), "status", status, "remote", c.src, "source", c.source())
 	extra := ""
 	if status == 426 {
 		extra = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"

@@ -11,8 +11,7 @@ import (
 
 // outbox is a connection's bounded outbound queue. Any goroutine may push;
 // one writer goroutine, started when the queue goes from empty to non-empty
-// and gone once it is drained, copies everything queued into netpoll's buffer
-// and flushes it in one writev. An idle connection therefore owns no
+// and gone once it is drained, writes everything queued with one writev. An idle connection therefore owns no
 // goroutine and no queued buffer (DESIGN.md fact 5), and a peer that reads
 // slowly blocks only its own writer, never the goroutine that pushed.
 type outbox struct {
@@ -25,15 +24,18 @@ type outbox struct {
 	queue   *[]*bytebufferpool.ByteBuffer // frames to write; nil while there are none (queues.go)
 	charged int                           // queued + being written, each frame at len + OutboxItemOverhead
 	running bool
+	heavy   bool // charged passed heavyOutboxBytes once: a memory budget candidate (budget.go)
 	state   outboxState
 	after   afterWrite // what to do once the final frame is written
 	held    bool       // queue[0] is a 101 not yet taken by the writer
 
-	// wmu is held while the writer copies into netpoll's output buffer; the
-	// close callback takes it before netpoll frees that buffer, since Malloc
-	// on a closed connection panics (DESIGN.md fact 4).
-	wmu     sync.Mutex
+	// wmu is held while a writer uses the descriptor; the close callback
+	// sets wclosed under it before the descriptor is closed, after which
+	// its number may belong to another connection. (wclosed sits with the
+	// other flags: conn's size class, size_test.go.)
 	wclosed bool
+	wmu     sync.Mutex
+	waiter  *roomWaiter // a writer waiting for the socket to take more (waitwrite.go)
 }
 
 type outboxState uint8
@@ -114,8 +116,15 @@ func (o *outbox) enqueueLocked(b *bytebufferpool.ByteBuffer, cost int) {
 	o.charged += cost
 	start := !o.running
 	o.running = true
+	heavy := !o.heavy && o.charged > heavyOutboxBytes
+	o.heavy = o.heavy || heavy
 	o.mu.Unlock()
+	budget := o.c.srv.budget
+	if heavy {
+		budget.watch(o.c)
+	}
 	o.c.srv.counters.OutboxBytesQueued.Add(int64(cost))
+	budget.enforce()
 	if start {
 		go o.run()
 	}
@@ -196,11 +205,11 @@ func (o *outbox) drain() {
 	}
 }
 
-// write sends batch with one writev (writev.go); only what the socket does
-// not take at once is copied into netpoll's output buffer, whose Flush waits
-// for room, up to WriteTimeout. netpoll gets a copy, never our slice, so a
-// buffer returned to the pool can never be sent by a poller still retrying a
-// timed-out flush.
+// write sends batch with writev straight to the socket; when the socket is
+// full it waits for room (waitwrite.go), up to WriteTimeout. netpoll's own
+// output buffer is never used: what it holds is lost when a read pause
+// takes the socket out of netpoll (pause.go), and copying into it was pure
+// overhead while the socket has room, which is nearly always.
 func (o *outbox) write(batch []*bytebufferpool.ByteBuffer) (cost int, err error) {
 	cost = batchCost(batch)
 	o.wmu.Lock()
@@ -208,25 +217,12 @@ func (o *outbox) write(batch []*bytebufferpool.ByteBuffer) (cost int, err error)
 		o.wmu.Unlock()
 		return cost, errOutboxClosed
 	}
-	rest, skip := batch, 0
-	if fd, ok := socketFD(o.c.nc); ok {
-		rest, skip, err = writevNonblocking(fd, batch)
-	}
+	rest, skip, err := writevNonblocking(int(o.c.fd), batch, 0)
+	o.wmu.Unlock()
 	if err != nil || len(rest) == 0 {
-		o.wmu.Unlock()
 		return cost, err
 	}
-	w := o.c.nc.Writer()
-	for i, b := range rest {
-		p := b.B
-		if i == 0 {
-			p = p[skip:]
-		}
-		dst, _ := w.Malloc(len(p))
-		copy(dst, p)
-	}
-	o.wmu.Unlock()
-	return cost, w.Flush()
+	return cost, o.writeWaiting(rest, skip)
 }
 
 func batchCost(batch []*bytebufferpool.ByteBuffer) (cost int) {
@@ -252,7 +248,7 @@ func (o *outbox) writeFinalNow(b *bytebufferpool.ByteBuffer) bool {
 	n, err := 0, error(errOutboxClosed)
 	o.wmu.Lock()
 	if !o.wclosed {
-		n, err = writeOneNonblocking(o.c.nc, b)
+		n, err = writeOneNonblocking(int(o.c.fd), b)
 	}
 	o.wmu.Unlock()
 	o.mu.Lock()
@@ -280,17 +276,16 @@ func (o *outbox) writeFinalNow(b *bytebufferpool.ByteBuffer) bool {
 
 // finish ends the connection once its final frame is on the wire.
 func (o *outbox) finish() {
-	nc := o.c.nc
 	if o.after == hardClose {
-		_ = nc.Close()
+		o.c.closeSocket()
 		return
 	}
 	// Under wmu and only while the socket is ours: once the close callback
-	// has run, netpoll closes the descriptor and its number may already
-	// belong to a new connection.
+	// has run, the descriptor is closed and its number may already belong
+	// to a new connection.
 	o.wmu.Lock()
-	if fd, ok := socketFD(nc); ok && !o.wclosed {
-		_ = syscall.Shutdown(fd, syscall.SHUT_WR)
+	if !o.wclosed {
+		_ = syscall.Shutdown(int(o.c.fd), syscall.SHUT_WR)
 	}
 	o.wmu.Unlock()
 	o.c.startLinger()
@@ -321,14 +316,20 @@ func (o *outbox) dropQueuedLocked() {
 }
 
 // close runs in the connection's close callback: it frees what is queued and
-// fences the writer off netpoll's buffer before netpoll frees it.
-func (o *outbox) close() {
+// fences the writer off the descriptor before it is closed. It reports
+// whether the memory budget watches this outbox.
+func (o *outbox) close() (heavy bool) {
 	o.mu.Lock()
+	heavy = o.heavy
 	o.state = outboxClosed
 	o.held = false // the socket is gone: nothing is written any more
 	o.dropQueuedLocked()
 	o.mu.Unlock()
 	o.wmu.Lock()
 	o.wclosed = true
+	if o.waiter != nil {
+		o.waiter.wake() // a writer waiting for room gives up now
+	}
 	o.wmu.Unlock()
+	return heavy
 }

@@ -9,12 +9,20 @@ import (
 	"switchboard/wsframe"
 )
 
-// onRequest is netpoll's read task for one connection. It consumes every
-// buffered byte (netpoll calls again at once while input remains, so leaving
-// any would spin: DESIGN.md fact 1), handles every complete unit in place,
-// and copies only an incomplete tail into the connection's staging buffer.
+// onRequest is netpoll's read task for a connection accepted by the event
+// loop; a connection handed back after a pause has a closure calling
+// onInput instead (pause.go).
 func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
-	c := ctx.(*conn)
+	return ctx.(*conn).onInput(nc)
+}
+
+// onInput consumes every buffered byte (netpoll calls again at once while
+// input remains, so leaving any would spin: DESIGN.md fact 1), handles the
+// complete units in place a turn at a time, and copies only an incomplete
+// tail into the connection's staging buffer. When it must stop reading (its
+// input held reached MaxInputBufferBytes, or other connections wait for a
+// read worker) it keeps the rest too and pauses the socket (pause.go).
+func (c *conn) onInput(nc netpoll.Connection) error {
 	r := nc.Reader()
 	n := r.Len()
 	// Peek, then Skip: Next copies input spanning two buffer nodes into a
@@ -25,19 +33,41 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 	}
 	if c.stage != nil {
 		c.stage.B = append(c.stage.B, data...)
-		s.counters.StagedBytes.Add(int64(len(data)))
+		c.srv.counters.StagedBytes.Add(int64(len(data)))
 		data = c.stage.B
 	}
-	used := len(data)
+	used, stop := len(data), pauseNone
 	if !c.readDone {
-		used = c.consume(data)
+		used, stop = c.consumeTurns(data, r, n)
 	}
 	c.keepTail(data[used:])
 	if c.upgraded && !c.readDone {
 		c.trackMessage()
 	}
 	_ = r.Skip(n)
-	return r.Release()
+	err = r.Release()
+	c.noteUnread(r.Len()) // what arrived while this ran
+	if stop != pauseNone {
+		c.pause(nc, stop)
+	}
+	return err
+}
+
+// consumeTurns handles the complete units of data a turn (readTurnBytes)
+// at a time. Between turns it asks whether the connection should stop
+// reading, and if so returns how far it got and why.
+func (c *conn) consumeTurns(data []byte, r netpoll.Reader, n int) (used int, stop PauseReason) {
+	for {
+		var more bool
+		used, more = c.consume(data, used, used+readTurnBytes)
+		if !more || c.readDone {
+			return used, pauseNone
+		}
+		c.noteUnread(r.Len() - n)
+		if stop = c.shouldPause(len(data) - used + r.Len() - n); stop != pauseNone {
+			return used, stop
+		}
+	}
 }
 
 // keepTail leaves rest, the unconsumed end of this read, in the staging
@@ -59,33 +89,37 @@ func (c *conn) keepTail(rest []byte) {
 	}
 }
 
-// consume handles the complete units at the start of data and returns how
-// many bytes it used.
-func (c *conn) consume(data []byte) int {
-	i := 0
+// consume handles the complete units of data from i on and returns how far
+// it got. It stops at the first incomplete unit, or after the frame that
+// takes it to limit or past it (more is then true: data may hold more
+// complete frames).
+func (c *conn) consume(data []byte, i, limit int) (used int, more bool) {
 	if !c.upgraded {
 		i = c.handshake(data)
 		if c.readDone {
-			return len(data) // refused: nothing more is read
+			return len(data), false // refused: nothing more is read
 		}
 		if !c.upgraded {
-			return i
+			return i, false
 		}
 	}
 	for i < len(data) && !c.readDone {
+		if i >= limit {
+			return i, true
+		}
 		h, hn, err := wsframe.ParseHeader(data[i:])
 		if err == nil && hn > 0 {
 			err = wsframe.CheckClient(h)
 		}
 		if err != nil {
 			c.protocolError(err)
-			return len(data)
+			return len(data), false
 		}
 		if hn == 0 {
 			break
 		}
 		if c.tooBig(h) {
-			return len(data)
+			return len(data), false
 		}
 		end := i + hn + int(h.Length)
 		if end > len(data) {
@@ -97,9 +131,9 @@ func (c *conn) consume(data []byte) int {
 		c.frame(h, payload)
 	}
 	if c.readDone {
-		return len(data)
+		return len(data), false
 	}
-	return i
+	return i, false
 }
 
 // tooBig closes the connection with 1009 when the frame would take its
@@ -121,7 +155,7 @@ func (c *conn) tooBig(h ws.Header) bool {
 }
 
 func (c *conn) protocolError(err error) {
-	c.srv.log.Debug("protocol error", "role", c.role, "remote", c.nc.RemoteAddr(), "err", err)
+	c.srv.log.Debug("protocol error", "role", c.role, "remote", c.src, "err", err)
 	c.endRead(CloseProtocol, 1002, "")
 }
 
@@ -197,7 +231,7 @@ func (c *conn) control(op ws.OpCode, payload []byte) {
 		c.readDone = true
 		if c.state.closing.Load() {
 			// Our close frame is out and this is the answer: done.
-			_ = c.nc.Close()
+			c.closeSocket()
 			return
 		}
 		c.noticeCode = code

@@ -12,7 +12,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cloudwego/netpoll"
@@ -34,9 +36,15 @@ const controlSlack = 4 << 10
 // binary still learns which phones left; ~1,000 notices' worth.
 const noticeSlack = 64 << 10
 
+// netpollPollers is how many epoll loops netpoll runs: its own default,
+// set here so the poller fence (fence.go) knows how many there are.
+var netpollPollers = runtime.GOMAXPROCS(0)/20 + 1
+
 func init() {
 	netpoll.LinkBufferCap = netpollNodeSize
 	cfg := netpoll.Config{
+		PollerNum:    netpollPollers,
+		LoadBalance:  netpoll.RoundRobin, // the fence relies on it
 		BufferSize:   netpollNodeSize,
 		LoggerOutput: io.Discard,
 		Runner:       runTask,
@@ -76,6 +84,9 @@ type Server struct {
 	wheel        *wheel
 	tasks        *readTasks
 	probes       probes // takeover probes in progress
+	pauser       readPauser
+	ready        *readyPoller // paused sockets waiting for input (readypoll.go)
+	budget       *memoryBudget
 }
 
 // New builds a relay from cfg after filling defaults and validating it.
@@ -98,13 +109,24 @@ func New(cfg Config) (*Server, error) {
 		tooBigReason: fmt.Sprintf("read limited at %d bytes", cfg.MaxMessageBytes+1),
 		limiter:      ratelimit.New[[16]byte](cfg.RateLimitBurst, cfg.RateLimitInterval, cfg.RateLimitMaxSources),
 	}
+	// Before the event loop accepts anything, so the fence's pairs land one
+	// on each poller.
+	f, err := sharedFence()
+	if err != nil {
+		return nil, err
+	}
+	s.pauser = detachPauser{fence: f}
+	if s.ready, err = newReadyPoller(); err != nil {
+		return nil, err
+	}
+	s.budget = newMemoryBudget(cfg.MemoryBudgetBytes, &s.counters)
 	s.tasks = newReadTasks(cfg.ReadWorkers, cfg.ReadQueueDepth, cfg.ReadStallAfter)
-	evl, err := netpoll.NewEventLoop(s.onRequest,
-		netpoll.WithOnPrepare(s.onPrepare),
-		netpoll.WithWriteTimeout(cfg.WriteTimeout),
-	)
+	// No netpoll write timeout: the writers never use netpoll's output
+	// buffer (outbox.go) and bound their own waits.
+	evl, err := netpoll.NewEventLoop(s.onRequest, netpoll.WithOnPrepare(s.onPrepare))
 	if err != nil {
 		s.tasks.stop(0)
+		s.ready.stop()
 		return nil, err
 	}
 	s.evl = evl
@@ -134,6 +156,18 @@ func (s *Server) Config() Config { return s.cfg }
 
 func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	c := &conn{srv: s, nc: nc}
+	if fd, ok := socketFD(nc); ok {
+		c.fd = int32(fd)
+		// The kernel's receive buffer is input the relay cannot stop once
+		// it has been read ahead; clamping it keeps what a pause lets in
+		// late (pause.go) near MaxInputBufferBytes instead of tcp_rmem's
+		// maximum, and still lets a sender run at full speed on the
+		// networks a relay faces (a LAN to its balancer).
+		_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, s.cfg.MaxInputBufferBytes/2)
+	}
+	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		c.src = ta.AddrPort().Addr().Unmap()
+	}
 	c.out.init(c, s.cfg.PhoneOutboxBytes)
 	_ = nc.AddCloseCallback(c.onClosed)
 	c.setDeadline(&c.headDue, c.wheelNow()+int64(s.cfg.HandshakeTimeout))
@@ -144,5 +178,5 @@ func (s *Server) logClose(c *conn, why CloseReason, code uint16) {
 	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}
-	s.log.Debug("closing", "role", c.role, "reason", why.String(), "code", code, "remote", c.nc.RemoteAddr())
+	s.log.Debug("closing", "role", c.role, "reason", why.String(), "code", code, "remote", c.src)
 }

@@ -50,10 +50,12 @@ func (s *Server) stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	err := s.evl.Shutdown(ctx)
+	s.ready.closeAll()
 	s.wheel.close()
 	if !s.tasks.stop(readWorkersPatience) {
 		s.log.Error("read workers still busy after shutdown", "after", readWorkersPatience)
 	}
+	s.ready.stop()
 	return err
 }
 

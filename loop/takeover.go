@@ -93,7 +93,7 @@ func (s *Server) giveSlot(holder *conn) bool {
 			winner = w
 			s.counters.Takeovers.Add(1)
 			closeReclaimed(phones)
-			s.log.Info("binary took over server-id", "server_id", w.serverID, "remote", w.nc.RemoteAddr())
+			s.log.Info("binary took over server-id", "server_id", w.serverID, "remote", w.src)
 			w.countUpgrade(UpgradeAccept)
 			w.out.release()
 			w.startHeartbeat()

@@ -9,11 +9,12 @@ import (
 	"github.com/valyala/bytebufferpool"
 )
 
-// Writers send straight to the socket and use netpoll's output buffer only
-// for what the kernel refuses. Why: netpoll's buffer keeps its last node for
-// the connection's life (512 B once a 260-byte frame has passed through it,
-// a ninth of an idle connection's memory), and copying every frame into it
-// is pure overhead while the socket has room, which is nearly always.
+// Writers send straight to the socket and never use netpoll's output
+// buffer. Why: netpoll's buffer keeps its last node for the connection's
+// life (512 B once a 260-byte frame has passed through it, a ninth of an
+// idle connection's memory), copying every frame into it is pure overhead
+// while the socket has room, which is nearly always, and what it holds is
+// discarded when a read pause takes the socket out of netpoll.
 //
 // A direct write must happen under the outbox's wmu with wclosed false: the
 // close callback sets wclosed under wmu before netpoll closes the
@@ -36,11 +37,12 @@ func socketFD(nc netpoll.Connection) (int, bool) {
 	return fc.Fd(), true
 }
 
-// writevNonblocking writes bufs in order until all is written or the
-// socket is full. It returns what is left: the unwritten buffers, of which
-// the first has its first skip bytes written. A full socket is not an
-// error. bufs are only read; the caller keeps ownership.
-func writevNonblocking(fd int, bufs []*bytebufferpool.ByteBuffer) (rest []*bytebufferpool.ByteBuffer, skip int, err error) {
+// writevNonblocking writes bufs in order, the first from its byte skip on,
+// until all is written or the socket is full. It returns what is left: the
+// unwritten buffers, of which the first has its first skip bytes written. A
+// full socket is not an error. bufs are only read; the caller keeps
+// ownership.
+func writevNonblocking(fd int, bufs []*bytebufferpool.ByteBuffer, skip int) (rest []*bytebufferpool.ByteBuffer, _ int, err error) {
 	iov := iovecPool.Get().(*[iovecBatch]syscall.Iovec)
 	defer iovecPool.Put(iov)
 	for len(bufs) > 0 {
@@ -79,12 +81,8 @@ func writevNonblocking(fd int, bufs []*bytebufferpool.ByteBuffer) (rest []*byteb
 
 // writeOneNonblocking writes as much of b as the socket takes right now and
 // returns how much that was.
-func writeOneNonblocking(nc netpoll.Connection, b *bytebufferpool.ByteBuffer) (int, error) {
-	fd, ok := socketFD(nc)
-	if !ok {
-		return 0, nil
-	}
-	rest, skip, err := writevNonblocking(fd, []*bytebufferpool.ByteBuffer{b})
+func writeOneNonblocking(fd int, b *bytebufferpool.ByteBuffer) (int, error) {
+	rest, skip, err := writevNonblocking(fd, []*bytebufferpool.ByteBuffer{b}, 0)
 	if len(rest) == 0 {
 		return len(b.B), err
 	}

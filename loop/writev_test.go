@@ -34,7 +34,7 @@ func TestWritevNonblockingStopsWhereTheSocketIsFull(t *testing.T) {
 		want.Write(b.B)
 		batch = append(batch, b)
 	}
-	rest, skip, err := writevNonblocking(fds[0], batch)
+	rest, skip, err := writevNonblocking(fds[0], batch, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestWritevNonblockingStopsWhereTheSocketIsFull(t *testing.T) {
 
 	// With room again, the rest goes out whole.
 	rest[0].B = rest[0].B[skip:]
-	left, _, err := writevNonblocking(fds[0], rest[:1])
+	left, _, err := writevNonblocking(fds[0], rest[:1], 0)
 	if err != nil || len(left) != 0 {
 		t.Fatalf("one frame into an empty socket: %d left, err %v", len(left), err)
 	}
@@ -80,7 +80,7 @@ func TestWritevNonblockingReportsAClosedPeer(t *testing.T) {
 	defer syscall.Close(fds[0])
 	syscall.Close(fds[1])
 	b := &bytebufferpool.ByteBuffer{B: []byte("hello")}
-	if _, _, err := writevNonblocking(fds[0], []*bytebufferpool.ByteBuffer{b}); err != syscall.EPIPE {
+	if _, _, err := writevNonblocking(fds[0], []*bytebufferpool.ByteBuffer{b}, 0); err != syscall.EPIPE {
 		t.Fatalf("err = %v, want EPIPE", err)
 	}
 }

@@ -1,0 +1,292 @@
+package loop
+
+import (
+	"io"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/cloudwego/netpoll"
+)
+
+// Read backpressure. netpoll reads a socket whenever epoll says it is
+// readable, whatever the relay does with the bytes; a peer that sends faster
+// than the relay parses would grow its input buffer without limit
+// (DESIGN.md fact 6), and netpoll v0.7.2 has no call to stop it. So a
+// connection whose input held reaches MaxInputBufferBytes, or that has used
+// a turn while other read tasks wait for a worker, is paused: its socket
+// leaves netpoll for good (detach.go) and the relay reads it itself, one
+// turn at a time on the read workers, never more than keeps its input within
+// MaxInputBufferBytes. Between turns that find the kernel empty it waits on
+// the Server's readyPoller (readypoll.go). The sender is slowed by TCP: the
+// relay reads only as fast as it parses, so the kernel's receive buffer
+// (clamped in onPrepare) fills and the window closes. Nothing is dropped,
+// split or reordered by a pause, and a paused connection's turns queue
+// behind other connections' read tasks, so a flood cannot starve them.
+
+// readTurnBytes is how much input one connection's read task handles before
+// it checks whether it should step aside. At ~1-2 GB/s of parsing it is
+// tens of microseconds of a worker, so a task waiting behind a flooding
+// connection waits about that long, not for as long as the flood lasts.
+const readTurnBytes = 64 << 10
+
+// budgetRecheck is how often a connection paused while the memory budget is
+// over its high mark looks again (budget.go). Short against a human's
+// patience, long against the cost of a look.
+const budgetRecheck = 10 * time.Millisecond
+
+// PauseReason says why a connection stopped reading; each is counted.
+type PauseReason uint8
+
+const (
+	pauseNone      PauseReason = iota
+	PauseInputFull             // its input held reached MaxInputBufferBytes
+	PauseYield                 // it used a turn while other read tasks waited
+	PauseBudget                // the relay's buffers are over the memory budget's high mark
+	numPauseReasons
+)
+
+var pauseNames = [numPauseReasons]string{
+	pauseNone:      "none",
+	PauseInputFull: "input_full",
+	PauseYield:     "yield",
+	PauseBudget:    "memory_budget",
+}
+
+func (r PauseReason) String() string { return pauseNames[r] }
+
+// readPauser takes a socket out of netpoll's reading. It is the part of
+// the pause that depends on netpoll's API: netpoll v0.7.2 has no pause
+// call, so detachPauser (detach.go) builds one from Detach. A netpoll with
+// PauseRead/ResumeRead would let a paused socket stay in netpoll instead,
+// its turns taking input from netpoll's buffer rather than read(2).
+type readPauser interface {
+	// stop makes netpoll stop reading nc. It runs on c's read task, which
+	// returns right after. It reports false when the socket is closing.
+	stop(c *conn, nc netpoll.Connection) bool
+	// stopped runs in the close callback netpoll calls for a stopping
+	// connection. It returns once netpoll will add nothing more to nc's
+	// input, every byte of which it has appended to c's staging buffer.
+	stopped(c *conn, nc netpoll.Connection)
+}
+
+// shouldPause decides, between two turns of a read task, whether the
+// connection should stop reading; held is the unparsed input it holds
+// besides a message being reassembled.
+func (c *conn) shouldPause(held int) PauseReason {
+	if !c.upgraded || c.sock.Load() != sockLive {
+		return pauseNone
+	}
+	if c.msg != nil {
+		held += len(c.msg.B)
+	}
+	switch {
+	case held >= c.srv.cfg.MaxInputBufferBytes:
+		return PauseInputFull
+	case c.srv.budget.overHigh():
+		return PauseBudget
+	case c.srv.tasks.queued() > 0:
+		return PauseYield
+	}
+	return pauseNone
+}
+
+// pause stops reading c. It runs on c's read task, which must return right
+// after; the pause completes in c's close callback (onClosed → paused).
+func (c *conn) pause(nc netpoll.Connection, why PauseReason) {
+	if !c.sock.CompareAndSwap(sockLive, sockPausing) {
+		return // closing: the close callback takes it from here
+	}
+	if !c.srv.pauser.stop(c, nc) {
+		c.sock.Store(sockLive)
+		return
+	}
+	c.srv.counters.Pauses[why].Add(1)
+}
+
+// paused runs in the close callback of a pausing connection: the read
+// side owns the socket from here, and its first turn is queued.
+func (c *conn) paused(nc netpoll.Connection) {
+	c.noteUnread(0)
+	c.srv.pauser.stopped(c, nc)
+	c.srv.counters.PausedNow.Add(1)
+	c.srv.ready.track(c)
+	if !c.sock.CompareAndSwap(sockPausing, sockPaused) {
+		c.endPaused() // a close arrived meanwhile
+		return
+	}
+	c.srv.budget.watch(c)
+	c.queueStep()
+}
+
+// queueStep queues one turn of a paused connection on the read workers.
+func (c *conn) queueStep() {
+	c.srv.tasks.run(func() {
+		if c.pausedStep() {
+			c.queueStep()
+		}
+	})
+}
+
+// pausedStep is one turn of a paused connection on a read worker: it reads
+// at most what keeps the input held within MaxInputBufferBytes (nothing
+// while the relay is over its memory budget's high mark), and handles up to
+// readTurnBytes of complete frames. It reports whether another turn should
+// be queued; otherwise the connection waits for input, for the budget, or
+// is closed.
+func (c *conn) pausedStep() (again bool) {
+	if c.closeAsked() {
+		c.endPaused()
+		return false
+	}
+	got, rerr := 0, error(nil)
+	switch {
+	case c.readDone:
+		got, rerr = c.discardDirect() // input is ignored from here on
+	case !c.srv.budget.overHigh():
+		got, rerr = c.readDirect(c.srv.cfg.MaxInputBufferBytes - c.heldInput())
+	}
+	more := false
+	if c.stage != nil && !c.readDone {
+		var used int
+		used, more = c.consume(c.stage.B, 0, readTurnBytes)
+		if c.readDone {
+			used = len(c.stage.B)
+		}
+		c.compactStage(used)
+	}
+	if c.upgraded && !c.readDone {
+		c.trackMessage()
+	}
+	c.noteInputHeld()
+	switch {
+	case c.closeAsked():
+		c.endPaused()
+		return false
+	case more || got > 0:
+		return true
+	case rerr == syscall.EAGAIN:
+		if c.stage != nil && len(c.stage.B) == 0 {
+			c.keepTail(nil) // nothing held: the buffer goes back to the pool
+		}
+		if err := c.srv.ready.arm(c); err != nil {
+			c.srv.counters.Closes[ClosePauseFailed].Add(1)
+			c.endPaused()
+		}
+		return false
+	case rerr != nil:
+		// The peer hung up (EOF) or the socket failed: everything it sent
+		// has been handled, as netpoll does on a hang-up.
+		c.endPaused()
+		return false
+	}
+	// Nothing read and nothing to parse: the relay is over its budget's
+	// high mark. Look again shortly.
+	time.AfterFunc(budgetRecheck, c.queueStep)
+	return false
+}
+
+// endPaused closes a paused connection from its read side.
+func (c *conn) endPaused() {
+	c.srv.counters.PausedNow.Add(-1)
+	c.srv.ready.forget(c)
+	c.srv.budget.forget(c)
+	c.closeOwned()
+}
+
+// heldInput is the input c holds besides netpoll's: staged and reassembled.
+func (c *conn) heldInput() int {
+	n := 0
+	if c.stage != nil {
+		n += len(c.stage.B)
+	}
+	if c.msg != nil {
+		n += len(c.msg.B)
+	}
+	return n
+}
+
+// discardDirect reads and drops what the socket holds, one turn's worth.
+func (c *conn) discardDirect() (int, error) {
+	var sink [4 << 10]byte
+	total := 0
+	for total < readTurnBytes {
+		n, err := syscall.Read(int(c.fd), sink[:])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err != nil:
+			return total, err
+		case n == 0:
+			return total, io.EOF
+		}
+		total += n
+	}
+	return total, nil
+}
+
+// readDirect reads at most want bytes from the paused socket onto the end
+// of the staging buffer. It returns syscall.EAGAIN when the kernel holds
+// nothing, io.EOF when the peer has finished sending.
+func (c *conn) readDirect(want int) (int, error) {
+	want = min(want, readTurnBytes)
+	if want <= 0 {
+		return 0, nil
+	}
+	if c.stage == nil {
+		c.stage = stagePool.Get()
+	}
+	c.stage.B = slices.Grow(c.stage.B, want)
+	b := c.stage.B
+	for {
+		n, err := syscall.Read(int(c.fd), b[len(b):len(b)+want])
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err != nil:
+			return 0, err
+		case n == 0:
+			return 0, io.EOF
+		}
+		c.stage.B = b[:len(b)+n]
+		c.srv.counters.StagedBytes.Add(int64(n))
+		c.srv.counters.DirectReadBytes.Add(uint64(n))
+		return n, nil
+	}
+}
+
+// compactStage drops the first used bytes of the staging buffer, keeping
+// the buffer itself while the connection is paused (it is refilled at once).
+func (c *conn) compactStage(used int) {
+	if used == 0 {
+		return
+	}
+	rest := copy(c.stage.B, c.stage.B[used:])
+	c.stage.B = c.stage.B[:rest]
+	c.srv.counters.StagedBytes.Add(-int64(used))
+}
+
+// noteUnread records how much input netpoll holds for c that the read side
+// has not taken yet, for the memory budget. Only the read side calls it.
+func (c *conn) noteUnread(n int) {
+	n = min(n, 1<<30)
+	if d := int64(n) - int64(c.unread); d != 0 {
+		c.unread = int32(n)
+		c.srv.counters.UnreadBytes.Add(d)
+	}
+	c.noteInputHeld()
+}
+
+// noteInputHeld publishes what c's input holds in all (netpoll's unread
+// part, the staging buffer, a message being reassembled) for the memory
+// budget's choice of the largest holder. Only the read side calls it.
+func (c *conn) noteInputHeld() {
+	n := int(c.unread)
+	if c.stage != nil {
+		n += len(c.stage.B)
+	}
+	if c.msg != nil {
+		n += len(c.msg.B)
+	}
+	c.inputHeld.Store(int32(min(n, 1<<30)))
+}
