@@ -120,4 +120,3 @@ func TestFloodingPhoneIsPausedNotDropped(t *testing.T) {
 		t.Fatalf("%d connections closed during the flood", n)
 	}
 }
-

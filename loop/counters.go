@@ -166,13 +166,13 @@ type Counters struct {
 	RegistryNoServer  atomic.Uint64
 	RegistryClaimed   atomic.Uint64
 	RegistryPhonesCap atomic.Uint64
-	OutboxBytesQueued atomic.Int64  // bytes charged to all outboxes right now
-	StagedBytes       atomic.Int64  // bytes of incomplete frames and messages held right now
-	WritersActive     atomic.Int64  // outbox writers running right now
-	Flushes           atomic.Uint64 // writev calls by outbox writers
-	FramesFlushed     atomic.Uint64 // frames those calls carried: / Flushes = coalescing
-	WriteWaits        atomic.Uint64 // writes that found the socket full and waited for room
-	UnreadBytes       atomic.Int64  // input netpoll has read and the read side has not taken yet
+	OutboxBytesQueued atomic.Int64                   // bytes charged to all outboxes right now
+	StagedBytes       atomic.Int64                   // bytes of incomplete frames and messages held right now
+	WritersActive     atomic.Int64                   // outbox writers running right now
+	Flushes           atomic.Uint64                  // writev calls by outbox writers
+	FramesFlushed     atomic.Uint64                  // frames those calls carried: / Flushes = coalescing
+	WriteWaits        atomic.Uint64                  // writes that found the socket full and waited for room
+	UnreadBytes       atomic.Int64                   // input netpoll has read and the read side has not taken yet
 	Pauses            [numPauseReasons]atomic.Uint64 // sockets taken out of netpoll's reading, by reason (once per connection)
 	DirectReadBytes   atomic.Uint64                  // bytes the relay read itself from paused sockets
 	PausedNow         atomic.Int64                   // sockets paused right now
