@@ -48,7 +48,8 @@ func (c *conn) handshake(data []byte) int {
 }
 
 // route answers /healthz and refusals by path and method; for the two
-// upgrade endpoints it sets the role and reports true.
+// upgrade endpoints it sets the role, applies the rate limit and reports
+// true.
 func (c *conn) route(req *wsframe.Request) bool {
 	switch string(req.Path) { // compared only; the compiler does not copy
 	case "/healthz":
@@ -68,6 +69,12 @@ func (c *conn) route(req *wsframe.Request) bool {
 		c.reject(RejectNotFound, 404, "not found\n")
 		return false
 	}
+	// The limit comes first on an upgrade path: every attempt spends a
+	// token, whatever the gate below answers, so the gate cannot be probed
+	// without limit (admission.go).
+	if !c.admit(req) {
+		return false // 429
+	}
 	if !isGet(req.Method) {
 		c.reject(RejectMethod, 405, "")
 		return false
@@ -75,8 +82,9 @@ func (c *conn) route(req *wsframe.Request) bool {
 	return true
 }
 
-// upgrade runs an upgrade request through the gate (PROTOCOL.md section 2;
-// the order is spelled out in admission.go), then answers 101 and registers.
+// upgrade runs an upgrade request that route let through (rate limit and
+// method passed) through the rest of the gate (PROTOCOL.md section 2; the
+// order is spelled out in admission.go), then answers 101 and registers.
 func (c *conn) upgrade(req *wsframe.Request) {
 	required := binaryHeaders
 	if c.role == rolePhone {
@@ -92,9 +100,6 @@ func (c *conn) upgrade(req *wsframe.Request) {
 	if !validServerID(serverID) {
 		c.reject(RejectServerID, 400, "invalid X-Pyrycode-Server\n")
 		return
-	}
-	if !c.admit(req) {
-		return // 429
 	}
 	key := req.Header("Sec-WebSocket-Key")
 	if !req.HasToken("Upgrade", "websocket") || !req.HasToken("Connection", "upgrade") ||
