@@ -53,10 +53,9 @@ func (c *conn) handshake(data []byte) int {
 func (c *conn) route(req *wsframe.Request) bool {
 	switch string(req.Path) { // compared only; the compiler does not copy
 	case "/healthz":
-		if !isGet(req.Method) && string(req.Method) != "HEAD" {
-			c.reject(RejectMethod, 405, "")
-			return false
-		}
+		// Any method, as the reference relay answers it: health checkers
+		// differ in the method they send. A request body is never read;
+		// the connection discards its input until it closes.
 		c.respondHealth(string(req.Method) == "HEAD")
 		return false
 	case "/v1/server":

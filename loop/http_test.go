@@ -246,29 +246,45 @@ func TestHTTPUnknownPath(t *testing.T) {
 
 var healthRE = regexp.MustCompile(`^\{"status":"ok","version":"9\.8\.7-test","connected_binaries":(\d+),"connected_phones":(\d+),"uptime_seconds":(\d+)\}$`)
 
-// health fetches /healthz with an ordinary HTTP client and checks its shape.
-func health(t *testing.T, r *relay) (binaries, phones string) {
+// healthVia sends method /healthz (with body, when not empty) through an
+// ordinary HTTP client and checks the status and headers; it returns the
+// response and its body.
+func healthVia(t *testing.T, r *relay, method, reqBody string) (*http.Response, string) {
 	t.Helper()
 	c := &http.Client{Timeout: testTimeout, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get("http://" + r.addr + "/healthz")
+	var rb io.Reader
+	if reqBody != "" {
+		rb = strings.NewReader(reqBody)
+	}
+	req, err := http.NewRequest(method, "http://"+r.addr+"/healthz", rb)
 	if err != nil {
-		t.Fatalf("GET /healthz: %v", err)
+		t.Fatalf("%s /healthz: %v", method, err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s /healthz: %v", method, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("reading /healthz: %v", err)
+		t.Fatalf("reading %s /healthz: %v", method, err)
 	}
-	body := string(raw)
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("status %d", resp.StatusCode)
+		t.Fatalf("%s /healthz: status %d", method, resp.StatusCode)
 	}
 	if ct := resp.Header.Values("Content-Type"); len(ct) != 1 || ct[0] != "application/json; charset=utf-8" {
-		t.Fatalf("Content-Type %q", ct)
+		t.Fatalf("%s /healthz: Content-Type %q", method, ct)
 	}
 	if cc := resp.Header.Values("Cache-Control"); len(cc) != 1 || cc[0] != "no-store" {
-		t.Fatalf("Cache-Control %q", cc)
+		t.Fatalf("%s /healthz: Cache-Control %q", method, cc)
 	}
+	return resp, string(raw)
+}
+
+// health fetches /healthz with GET and checks its shape.
+func health(t *testing.T, r *relay) (binaries, phones string) {
+	t.Helper()
+	_, body := healthVia(t, r, "GET", "")
 	m := healthRE.FindStringSubmatch(body)
 	if m == nil {
 		t.Fatalf("body %q", body)
@@ -322,6 +338,36 @@ func TestHealthz(t *testing.T) {
 		t.Fatalf("HEAD /healthz: %v %v", err, resp)
 	}
 	rc.expectEOF()
+}
+
+// TestHealthzAnyMethod: /healthz answers every method 200 with the headers
+// and JSON body a GET gets (HEAD: the headers only), as the reference relay
+// does; a request body is never read and does not spoil the answer (issue
+// 11 item 7: POST got 405).
+func TestHealthzAnyMethod(t *testing.T) {
+	r := startRelay(t, loop.Config{Version: "9.8.7-test"})
+	r.binary(t, "srv-any")
+	r.phone(t, "srv-any")
+	_, want := healthVia(t, r, "GET", "")
+	if m := healthRE.FindStringSubmatch(want); m == nil || m[1] != "1" || m[2] != "1" {
+		t.Fatalf("GET /healthz body %q", want)
+	}
+	big := strings.Repeat("x", 256<<10) // more than the socket takes at once
+	for _, tc := range []struct{ method, body string }{
+		{"POST", ""}, {"POST", `{"probe":true}`}, {"POST", big}, {"PUT", "x"},
+		{"DELETE", ""}, {"PATCH", "y"}, {"OPTIONS", ""}, {"PURGE", ""},
+	} {
+		if _, got := healthVia(t, r, tc.method, tc.body); got != want {
+			t.Fatalf("%s /healthz (%d-byte body): body %q, want %q", tc.method, len(tc.body), got, want)
+		}
+	}
+	resp, got := healthVia(t, r, "HEAD", "")
+	if got != "" || resp.ContentLength != int64(len(want)) {
+		t.Fatalf("HEAD /healthz: body %q, Content-Length %d, want none and %d", got, resp.ContentLength, len(want))
+	}
+	if got := r.Counters().Reject(loop.RejectMethod); got != 0 {
+		t.Fatalf("RejectMethod = %d, want 0", got)
+	}
 }
 
 func TestHTTPMaxConnections(t *testing.T) {
