@@ -272,6 +272,11 @@ func (c *conn) respond(status int, extraHeaders, contentType string, body []byte
 	if !c.headOnly {
 		b.B = append(b.B, body...)
 	}
+	// The head arrived and is answered: from here the close linger alone
+	// bounds the connection (outbox.go, finish). Left armed, the handshake
+	// deadline would tear down a client still reading our answer and count
+	// a handshake_timeout for a request already counted as refused.
+	c.headDue.Store(0)
 	c.state.closing.Store(true)
 	c.out.pushFinal(b, lingerClose, false)
 }

@@ -6,6 +6,7 @@ package loop_test
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -753,5 +754,80 @@ func TestRegisteredBeforeUpgradeAnswered(t *testing.T) {
 		_ = p.c.Close()
 		_ = b.c.Close()
 		waitFor(t, "both to go", func() bool { return r.Live() == 0 && r.Binaries() == 0 })
+	}
+}
+
+// TestAnswerClearsHandshakeDeadline: a client that keeps its socket open
+// after a refusal or a /healthz answer is torn down when CloseLinger runs
+// out, counted only under the refusal's own reason, never as a
+// handshake_timeout (issue 11 item 10: the handshake deadline stayed armed
+// after the answer, fired during the linger and counted one more close).
+func TestAnswerClearsHandshakeDeadline(t *testing.T) {
+	const handshake, linger = 100 * time.Millisecond, 600 * time.Millisecond
+	r := startRelay(t, loop.Config{HandshakeTimeout: handshake, CloseLinger: linger, MaxRequestHeaderBytes: 1024})
+	cases := []struct {
+		what   string
+		head   string
+		status int
+		why    loop.RejectReason // -1: an answer, not a refusal
+	}{
+		{"missing header", requestHead("/v1/client", withUpgrade([]string{"User-Agent: x", "X-Pyrycode-Server: s"})...), 400, loop.RejectHeaders},
+		{"malformed", "GET /v1/client HTTP/1.1\r\nno colon\r\n\r\n", 400, loop.RejectMalformed},
+		{"too large", requestHead("/v1/client", "X-Pad: "+strings.Repeat("p", 2048)), 431, loop.RejectHeaderSize},
+		{"unknown path", requestHead("/nowhere"), 404, loop.RejectNotFound},
+		{"wrong method", strings.Replace(requestHead("/v1/server", withUpgrade(rawBinaryLines("b"))...), "GET ", "PUT ", 1), 405, loop.RejectMethod},
+		{"not an upgrade", requestHead("/v1/server", rawBinaryLines("b")...), 426, loop.RejectNotUpgrade},
+		{"healthz", requestHead("/healthz"), 200, -1},
+	}
+	type lingerer struct {
+		rc         *rawClient
+		answered   time.Time
+		tornDownIn time.Duration
+	}
+	ls := make([]*lingerer, len(cases))
+	for i, tc := range cases {
+		rc := rawDial(t, r.addr)
+		rc.write([]byte(tc.head))
+		resp, _ := rc.response()
+		if resp.StatusCode != tc.status {
+			t.Fatalf("%s: status %d, want %d", tc.what, resp.StatusCode, tc.status)
+		}
+		rc.expectEOF() // the relay half-closed after its answer; ours stays open
+		ls[i] = &lingerer{rc: rc, answered: time.Now()}
+	}
+	// The relay's full close is seen as a failed write: once its socket is
+	// gone, a byte we send is answered with a reset and the next write fails.
+	open := len(ls)
+	waitFor(t, "every lingering client torn down", func() bool {
+		for _, l := range ls {
+			if l.tornDownIn != 0 {
+				continue
+			}
+			if _, err := l.rc.c.Write([]byte{'x'}); err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					t.Fatalf("still open after %s", testTimeout)
+				}
+				l.tornDownIn = time.Since(l.answered)
+				open--
+			}
+		}
+		return open == 0
+	})
+	for i, l := range ls {
+		if l.tornDownIn < linger/2 {
+			t.Errorf("%s: torn down %v after the answer, before the close linger %v (the handshake deadline %v fired)",
+				cases[i].what, l.tornDownIn, linger, handshake)
+		}
+	}
+	c := r.Counters()
+	for why := range c.Closes {
+		if got := c.Closes[why].Load(); got != 0 {
+			t.Errorf("%s closes = %d, want none: each answer is counted once, as its refusal", loop.CloseReason(why), got)
+		}
+	}
+	for _, tc := range cases {
+		if tc.why >= 0 && c.Reject(tc.why) != 1 {
+			t.Errorf("%s: %s = %d, want 1", tc.what, tc.why, c.Reject(tc.why))
+		}
 	}
 }
