@@ -12,13 +12,17 @@ import (
 //  1. With Config.ProxyProtocol, a PROXY protocol v2 header before anything
 //     else (proxyHeader). Missing or bad: the socket is closed at once with
 //     nothing answered and nothing more read (RejectBadProxyHeader).
-//  2. The request head (handshake): 431 too large, 400 malformed, 404 path,
-//     405 method; /healthz is answered here and is never rate limited.
-//  3. For /v1/server and /v1/client: 400 missing header, 400 bad server-id,
-//     then the per-source rate limit (admit, 429), then 426 not an upgrade,
-//     then 503 (draining, or at the connection cap). The limit comes after
-//     the 400s so a malformed request spends no token, and before 426/503
-//     so a source over its limit learns that first and never takes a slot.
+//  2. The request head (handshake): 431 too large, 400 malformed, 404 path;
+//     /healthz is answered here and is never rate limited. None of these
+//     names an upgrade path, so none spends a token.
+//  3. For /v1/server and /v1/client: the per-source rate limit first (admit,
+//     429), then 405 method, 400 missing header, 400 bad server-id, 426 not
+//     an upgrade, 503 (draining, or at the connection cap). Every attempt on
+//     an upgrade path spends a token, whatever the gate then answers, as the
+//     reference relay counts them (PROTOCOL.md section 2): a limit that only
+//     counted attempts reaching the 101 would let one source probe the
+//     header gate without end. A source over its limit learns that before
+//     anything else and never takes a connection slot.
 
 // proxyHeader consumes the PROXY v2 header at the start of data and returns
 // its length, or 0 when more bytes are needed or the header was refused
@@ -42,8 +46,9 @@ func (c *conn) proxyHeader(data []byte) int {
 	return n
 }
 
-// admit applies the per-source rate limit to an upgrade request and reports
-// whether it may go on; a refused request has been answered 429.
+// admit applies the per-source rate limit to a request on an upgrade path,
+// before any other check of it, and reports whether it may go on; a refused
+// request has been answered 429.
 func (c *conn) admit(req *wsframe.Request) bool {
 	if c.srv.cfg.TrustXForwardedFor {
 		if a, ok := forwardedFor(req.Header("X-Forwarded-For")); ok {

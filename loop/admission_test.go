@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -149,33 +150,92 @@ func TestHealthzIsNeverRateLimited(t *testing.T) {
 	}
 }
 
-// The limit sits after the 400 checks (they spend no token) and before 426
-// and 503.
-func TestRateLimitOrderAmongRefusals(t *testing.T) {
-	r := startRelay(t, loop.Config{RateLimitBurst: 1, RateLimitInterval: time.Hour, MaxConnections: 1})
-	for i := range 3 {
-		rc := rawDial(t, r.addr)
-		rc.write([]byte(requestHead("/v1/client", withUpgrade([]string{"User-Agent: x", "X-Pyrycode-Token: t"})...)))
-		resp, _ := rc.response()
-		admExpect(t, fmt.Sprintf("missing server-id %d", i+1), resp.StatusCode, 400)
+// TestRateLimitCountsHeaderGateRefusals: every attempt on an upgrade path
+// spends a token, the ones the header gate answers 400 too, so after a
+// burst of 400s the next attempt, valid or not, gets 429 (issue 11 item 6:
+// the 21st got 101, and the gate could be probed without limit).
+func TestRateLimitCountsHeaderGateRefusals(t *testing.T) {
+	const burst = loop.DefaultRateLimitBurst // 20, the reference's burst
+	r := startRelay(t, loop.Config{RateLimitBurst: burst, RateLimitInterval: time.Hour})
+	missingToken := requestHead("/v1/client", withUpgrade([]string{"User-Agent: x", "X-Pyrycode-Server: s"})...)
+	for i := 1; i <= burst; i++ {
+		resp, _ := exchange(t, r.addr, missingToken)
+		admExpect(t, fmt.Sprintf("missing token, %d of %d", i, burst), resp.StatusCode, 400)
 	}
-	b := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("holder"), nil) // spends the token, takes the one slot
+	st, _ := admAttempt(t, r.addr, nil, "/v1/server")
+	admExpect(t, "valid binary upgrade after the 400s", st, 429)
+	resp, _ := exchange(t, r.addr, missingToken)
+	admExpect(t, "another missing token past the burst", resp.StatusCode, 429)
+	c := r.Counters()
+	if got := c.Reject(loop.RejectHeaders); got != burst {
+		t.Fatalf("RejectHeaders = %d, want %d", got, burst)
+	}
+	if got := c.Reject(loop.RejectRateLimit); got != 2 {
+		t.Fatalf("RejectRateLimit = %d, want 2", got)
+	}
+	if s, p := c.Upgrades[0][loop.UpgradeRejectRateLimit].Load(), c.Upgrades[1][loop.UpgradeRejectRateLimit].Load(); s != 1 || p != 1 {
+		t.Fatalf("reject_rate_limit server=%d client=%d, want 1 1", s, p)
+	}
+	admExpect(t, "healthz over the limit", admHealth(t, r.addr, nil), 200)
+}
+
+// TestRateLimitOrderAmongRefusals: the limit is the first check on an
+// upgrade path. Each refusal of the gate behind it (405, 400, 426, 503)
+// spends a token, and once the source is over its limit every one of them
+// is answered 429 instead. Requests that name no upgrade path (404, a head
+// too malformed to read a path from, /healthz) spend nothing.
+func TestRateLimitOrderAmongRefusals(t *testing.T) {
+	tooLongID := strings.Repeat("s", 129)
+	gate := []struct {
+		what   string
+		head   string
+		status int
+	}{
+		{"wrong method", strings.Replace(requestHead("/v1/server", withUpgrade(rawBinaryLines("b"))...), "GET ", "POST ", 1), 405},
+		{"missing header", requestHead("/v1/client", withUpgrade([]string{"User-Agent: x", "X-Pyrycode-Server: s"})...), 400},
+		{"bad server-id", requestHead("/v1/server", withUpgrade(rawBinaryLines(tooLongID))...), 400},
+		{"not an upgrade", requestHead("/v1/client", rawPhoneLines("s")...), 426},
+		{"at capacity", requestHead("/v1/client", withUpgrade(rawPhoneLines("s"))...), 503},
+	}
+	free := []struct {
+		what   string
+		head   string
+		status int
+	}{
+		{"unknown path", requestHead("/v1/servers", withUpgrade(rawBinaryLines("b"))...), 404},
+		{"malformed head", "GET /v1/client HTTP/1.1\r\nno colon here\r\n\r\n", 400},
+		{"healthz", requestHead("/healthz"), 200},
+	}
+	burst := 1 + len(gate) // the holder's 101, then each refusal once
+	r := startRelay(t, loop.Config{RateLimitBurst: burst, RateLimitInterval: time.Hour, MaxConnections: 1})
+	for _, f := range free {
+		for i := range burst + 1 { // more than the burst: had they spent, the gate below would see 429
+			resp, _ := exchange(t, r.addr, f.head)
+			admExpect(t, fmt.Sprintf("%s %d", f.what, i+1), resp.StatusCode, f.status)
+		}
+	}
+	b := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("holder"), nil) // a token, and the one slot
 	defer func() { _ = b.c.Close() }()
-	// Missing header: still 400, not 429.
-	rc := rawDial(t, r.addr)
-	rc.write([]byte(requestHead("/v1/client", withUpgrade([]string{"User-Agent: x", "X-Pyrycode-Server: s"})...)))
-	resp, _ := rc.response()
-	admExpect(t, "missing token over the limit", resp.StatusCode, 400)
-	// Not an upgrade: 429 comes first.
-	rc = rawDial(t, r.addr)
-	rc.write([]byte(requestHead("/v1/client", rawPhoneLines("s")...)))
-	resp, _ = rc.response()
-	admExpect(t, "not an upgrade, over the limit", resp.StatusCode, 429)
-	// At capacity: 429 comes first.
-	st, _ := admAttempt(t, r.addr, nil, "/v1/client")
-	admExpect(t, "at capacity, over the limit", st, 429)
-	if got := r.Counters().Reject(loop.RejectCapacity); got != 0 {
-		t.Fatalf("RejectCapacity = %d, want 0", got)
+	for _, g := range gate {
+		resp, _ := exchange(t, r.addr, g.head)
+		admExpect(t, g.what+" within the burst", resp.StatusCode, g.status)
+	}
+	for _, g := range gate {
+		resp, body := exchange(t, r.addr, g.head)
+		admExpect(t, g.what+" past the burst", resp.StatusCode, 429)
+		if len(body) != 0 {
+			t.Fatalf("%s past the burst: body %q, want empty", g.what, body)
+		}
+	}
+	c := r.Counters()
+	if got := c.Reject(loop.RejectRateLimit); got != uint64(len(gate)) {
+		t.Fatalf("RejectRateLimit = %d, want %d", got, len(gate))
+	}
+	for why, want := range map[loop.RejectReason]uint64{loop.RejectMethod: 1, loop.RejectHeaders: 1,
+		loop.RejectServerID: 1, loop.RejectNotUpgrade: 1, loop.RejectCapacity: 1} {
+		if got := c.Reject(why); got != want {
+			t.Fatalf("%s = %d, want %d", why, got, want)
+		}
 	}
 }
 

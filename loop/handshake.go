@@ -48,14 +48,14 @@ func (c *conn) handshake(data []byte) int {
 }
 
 // route answers /healthz and refusals by path and method; for the two
-// upgrade endpoints it sets the role and reports true.
+// upgrade endpoints it sets the role, applies the rate limit and reports
+// true.
 func (c *conn) route(req *wsframe.Request) bool {
 	switch string(req.Path) { // compared only; the compiler does not copy
 	case "/healthz":
-		if !isGet(req.Method) && string(req.Method) != "HEAD" {
-			c.reject(RejectMethod, 405, "")
-			return false
-		}
+		// Any method, as the reference relay answers it: health checkers
+		// differ in the method they send. A request body is never read;
+		// the connection discards its input until it closes.
 		c.respondHealth(string(req.Method) == "HEAD")
 		return false
 	case "/v1/server":
@@ -68,6 +68,12 @@ func (c *conn) route(req *wsframe.Request) bool {
 		c.reject(RejectNotFound, 404, "not found\n")
 		return false
 	}
+	// The limit comes first on an upgrade path: every attempt spends a
+	// token, whatever the gate below answers, so the gate cannot be probed
+	// without limit (admission.go).
+	if !c.admit(req) {
+		return false // 429
+	}
 	if !isGet(req.Method) {
 		c.reject(RejectMethod, 405, "")
 		return false
@@ -75,8 +81,9 @@ func (c *conn) route(req *wsframe.Request) bool {
 	return true
 }
 
-// upgrade runs an upgrade request through the gate (PROTOCOL.md section 2;
-// the order is spelled out in admission.go), then answers 101 and registers.
+// upgrade runs an upgrade request that route let through (rate limit and
+// method passed) through the rest of the gate (PROTOCOL.md section 2; the
+// order is spelled out in admission.go), then answers 101 and registers.
 func (c *conn) upgrade(req *wsframe.Request) {
 	required := binaryHeaders
 	if c.role == rolePhone {
@@ -92,9 +99,6 @@ func (c *conn) upgrade(req *wsframe.Request) {
 	if !validServerID(serverID) {
 		c.reject(RejectServerID, 400, "invalid X-Pyrycode-Server\n")
 		return
-	}
-	if !c.admit(req) {
-		return // 429
 	}
 	key := req.Header("Sec-WebSocket-Key")
 	if !req.HasToken("Upgrade", "websocket") || !req.HasToken("Connection", "upgrade") ||
@@ -268,6 +272,11 @@ func (c *conn) respond(status int, extraHeaders, contentType string, body []byte
 	if !c.headOnly {
 		b.B = append(b.B, body...)
 	}
+	// The head arrived and is answered: from here the close linger alone
+	// bounds the connection (outbox.go, finish). Left armed, the handshake
+	// deadline would tear down a client still reading our answer and count
+	// a handshake_timeout for a request already counted as refused.
+	c.headDue.Store(0)
 	c.state.closing.Store(true)
 	c.out.pushFinal(b, lingerClose, false)
 }

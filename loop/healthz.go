@@ -5,8 +5,9 @@ import (
 	"time"
 )
 
-// respondHealth answers GET /healthz with the exact shape PROTOCOL.md
-// section 2 gives, keys in that order.
+// respondHealth answers /healthz, whatever the method, with the exact shape
+// PROTOCOL.md section 2 gives, keys in that order; HEAD gets the same
+// headers and no body.
 func (c *conn) respondHealth(headOnly bool) {
 	s := c.srv
 	body := make([]byte, 0, 160)

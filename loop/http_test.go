@@ -6,6 +6,7 @@ package loop_test
 import (
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -246,29 +247,45 @@ func TestHTTPUnknownPath(t *testing.T) {
 
 var healthRE = regexp.MustCompile(`^\{"status":"ok","version":"9\.8\.7-test","connected_binaries":(\d+),"connected_phones":(\d+),"uptime_seconds":(\d+)\}$`)
 
-// health fetches /healthz with an ordinary HTTP client and checks its shape.
-func health(t *testing.T, r *relay) (binaries, phones string) {
+// healthVia sends method /healthz (with body, when not empty) through an
+// ordinary HTTP client and checks the status and headers; it returns the
+// response and its body.
+func healthVia(t *testing.T, r *relay, method, reqBody string) (*http.Response, string) {
 	t.Helper()
 	c := &http.Client{Timeout: testTimeout, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get("http://" + r.addr + "/healthz")
+	var rb io.Reader
+	if reqBody != "" {
+		rb = strings.NewReader(reqBody)
+	}
+	req, err := http.NewRequest(method, "http://"+r.addr+"/healthz", rb)
 	if err != nil {
-		t.Fatalf("GET /healthz: %v", err)
+		t.Fatalf("%s /healthz: %v", method, err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s /healthz: %v", method, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatalf("reading /healthz: %v", err)
+		t.Fatalf("reading %s /healthz: %v", method, err)
 	}
-	body := string(raw)
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("status %d", resp.StatusCode)
+		t.Fatalf("%s /healthz: status %d", method, resp.StatusCode)
 	}
 	if ct := resp.Header.Values("Content-Type"); len(ct) != 1 || ct[0] != "application/json; charset=utf-8" {
-		t.Fatalf("Content-Type %q", ct)
+		t.Fatalf("%s /healthz: Content-Type %q", method, ct)
 	}
 	if cc := resp.Header.Values("Cache-Control"); len(cc) != 1 || cc[0] != "no-store" {
-		t.Fatalf("Cache-Control %q", cc)
+		t.Fatalf("%s /healthz: Cache-Control %q", method, cc)
 	}
+	return resp, string(raw)
+}
+
+// health fetches /healthz with GET and checks its shape.
+func health(t *testing.T, r *relay) (binaries, phones string) {
+	t.Helper()
+	_, body := healthVia(t, r, "GET", "")
 	m := healthRE.FindStringSubmatch(body)
 	if m == nil {
 		t.Fatalf("body %q", body)
@@ -322,6 +339,36 @@ func TestHealthz(t *testing.T) {
 		t.Fatalf("HEAD /healthz: %v %v", err, resp)
 	}
 	rc.expectEOF()
+}
+
+// TestHealthzAnyMethod: /healthz answers every method 200 with the headers
+// and JSON body a GET gets (HEAD: the headers only), as the reference relay
+// does; a request body is never read and does not spoil the answer (issue
+// 11 item 7: POST got 405).
+func TestHealthzAnyMethod(t *testing.T) {
+	r := startRelay(t, loop.Config{Version: "9.8.7-test"})
+	r.binary(t, "srv-any")
+	r.phone(t, "srv-any")
+	_, want := healthVia(t, r, "GET", "")
+	if m := healthRE.FindStringSubmatch(want); m == nil || m[1] != "1" || m[2] != "1" {
+		t.Fatalf("GET /healthz body %q", want)
+	}
+	big := strings.Repeat("x", 256<<10) // more than the socket takes at once
+	for _, tc := range []struct{ method, body string }{
+		{"POST", ""}, {"POST", `{"probe":true}`}, {"POST", big}, {"PUT", "x"},
+		{"DELETE", ""}, {"PATCH", "y"}, {"OPTIONS", ""}, {"PURGE", ""},
+	} {
+		if _, got := healthVia(t, r, tc.method, tc.body); got != want {
+			t.Fatalf("%s /healthz (%d-byte body): body %q, want %q", tc.method, len(tc.body), got, want)
+		}
+	}
+	resp, got := healthVia(t, r, "HEAD", "")
+	if got != "" || resp.ContentLength != int64(len(want)) {
+		t.Fatalf("HEAD /healthz: body %q, Content-Length %d, want none and %d", got, resp.ContentLength, len(want))
+	}
+	if got := r.Counters().Reject(loop.RejectMethod); got != 0 {
+		t.Fatalf("RejectMethod = %d, want 0", got)
+	}
 }
 
 func TestHTTPMaxConnections(t *testing.T) {
@@ -707,5 +754,80 @@ func TestRegisteredBeforeUpgradeAnswered(t *testing.T) {
 		_ = p.c.Close()
 		_ = b.c.Close()
 		waitFor(t, "both to go", func() bool { return r.Live() == 0 && r.Binaries() == 0 })
+	}
+}
+
+// TestAnswerClearsHandshakeDeadline: a client that keeps its socket open
+// after a refusal or a /healthz answer is torn down when CloseLinger runs
+// out, counted only under the refusal's own reason, never as a
+// handshake_timeout (issue 11 item 10: the handshake deadline stayed armed
+// after the answer, fired during the linger and counted one more close).
+func TestAnswerClearsHandshakeDeadline(t *testing.T) {
+	const handshake, linger = 100 * time.Millisecond, 600 * time.Millisecond
+	r := startRelay(t, loop.Config{HandshakeTimeout: handshake, CloseLinger: linger, MaxRequestHeaderBytes: 1024})
+	cases := []struct {
+		what   string
+		head   string
+		status int
+		why    loop.RejectReason // -1: an answer, not a refusal
+	}{
+		{"missing header", requestHead("/v1/client", withUpgrade([]string{"User-Agent: x", "X-Pyrycode-Server: s"})...), 400, loop.RejectHeaders},
+		{"malformed", "GET /v1/client HTTP/1.1\r\nno colon\r\n\r\n", 400, loop.RejectMalformed},
+		{"too large", requestHead("/v1/client", "X-Pad: "+strings.Repeat("p", 2048)), 431, loop.RejectHeaderSize},
+		{"unknown path", requestHead("/nowhere"), 404, loop.RejectNotFound},
+		{"wrong method", strings.Replace(requestHead("/v1/server", withUpgrade(rawBinaryLines("b"))...), "GET ", "PUT ", 1), 405, loop.RejectMethod},
+		{"not an upgrade", requestHead("/v1/server", rawBinaryLines("b")...), 426, loop.RejectNotUpgrade},
+		{"healthz", requestHead("/healthz"), 200, -1},
+	}
+	type lingerer struct {
+		rc         *rawClient
+		answered   time.Time
+		tornDownIn time.Duration
+	}
+	ls := make([]*lingerer, len(cases))
+	for i, tc := range cases {
+		rc := rawDial(t, r.addr)
+		rc.write([]byte(tc.head))
+		resp, _ := rc.response()
+		if resp.StatusCode != tc.status {
+			t.Fatalf("%s: status %d, want %d", tc.what, resp.StatusCode, tc.status)
+		}
+		rc.expectEOF() // the relay half-closed after its answer; ours stays open
+		ls[i] = &lingerer{rc: rc, answered: time.Now()}
+	}
+	// The relay's full close is seen as a failed write: once its socket is
+	// gone, a byte we send is answered with a reset and the next write fails.
+	open := len(ls)
+	waitFor(t, "every lingering client torn down", func() bool {
+		for _, l := range ls {
+			if l.tornDownIn != 0 {
+				continue
+			}
+			if _, err := l.rc.c.Write([]byte{'x'}); err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					t.Fatalf("still open after %s", testTimeout)
+				}
+				l.tornDownIn = time.Since(l.answered)
+				open--
+			}
+		}
+		return open == 0
+	})
+	for i, l := range ls {
+		if l.tornDownIn < linger/2 {
+			t.Errorf("%s: torn down %v after the answer, before the close linger %v (the handshake deadline %v fired)",
+				cases[i].what, l.tornDownIn, linger, handshake)
+		}
+	}
+	c := r.Counters()
+	for why := range c.Closes {
+		if got := c.Closes[why].Load(); got != 0 {
+			t.Errorf("%s closes = %d, want none: each answer is counted once, as its refusal", loop.CloseReason(why), got)
+		}
+	}
+	for _, tc := range cases {
+		if tc.why >= 0 && c.Reject(tc.why) != 1 {
+			t.Errorf("%s: %s = %d, want 1", tc.what, tc.why, c.Reject(tc.why))
+		}
 	}
 }
