@@ -39,21 +39,22 @@ type conn struct {
 
 	// Read side: touched only by the connection's read task and its close
 	// callback, which netpoll never runs at the same time.
-	upgraded   bool
-	readDone   bool                       // input is discarded from here on
-	headOnly   bool                       // answering a HEAD request
-	stage      *bytebufferpool.ByteBuffer // incomplete request head or frame
-	msg        *bytebufferpool.ByteBuffer // data frames of a fragmented message
-	msgOp      ws.OpCode                  // opcode of the message being reassembled
-	role       role
-	serverID   string
-	src        netip.Addr           // source: trusted X-Forwarded-For, PROXY header, or the peer (see source)
-	proxied    bool                 // the PROXY header is consumed
-	noticeCode uint16               // phone: code of its close frame, for the close notice
-	detached   bool                 // phone: left the registry / binary: released its slot
-	connID     string               // phone: its conn_id
-	binary     *conn                // phone: the binary it was attached to
-	env        *envelope.FromBinary // binary: scratch for the envelope being routed
+	upgraded    bool
+	readDone    bool                       // input is discarded from here on
+	headOnly    bool                       // answering a HEAD request
+	stage       *bytebufferpool.ByteBuffer // incomplete request head or frame
+	msg         *bytebufferpool.ByteBuffer // data frames of a fragmented message
+	msgOp       ws.OpCode                  // opcode of the message being reassembled
+	role        role
+	serverID    string
+	src         netip.Addr           // source: trusted X-Forwarded-For, PROXY header, or the peer (see source)
+	proxied     bool                 // the PROXY header is consumed
+	noticeCode  uint16               // phone: code of its close frame, for the close notice
+	detached    bool                 // phone: left the registry / binary: released its slot
+	claimQueued bool                 // binary: its claim was queued on a takeover probe (takeover.go)
+	connID      string               // phone: its conn_id
+	binary      *conn                // phone: the binary it was attached to
+	env         *envelope.FromBinary // binary: scratch for the envelope being routed
 
 	// Shared: set by whichever goroutine decides the phone's fate.
 	state connState

@@ -75,7 +75,6 @@ type Server struct {
 	limiter      *ratelimit.Limiter[[16]byte] // per source IP; nil when the rate limit is off
 	wheel        *wheel
 	tasks        *readTasks
-	probes       probes // takeover probes in progress
 }
 
 // New builds a relay from cfg after filling defaults and validating it.
