@@ -45,17 +45,29 @@ func (c *conn) binaryMessage(msg []byte) {
 
 // releaseSlot gives up the binary's server-id, once. A rival waiting on a
 // takeover probe gets the slot at once; otherwise the slot is held for the
-// grace window, phones and all, for this binary to reclaim.
+// grace window, phones and all, for this binary to reclaim. A binary whose
+// own claim is still queued on a probe leaves the queue instead.
 func (c *conn) releaseSlot() {
 	if c.detached || c.serverID == "" || c.role != roleBinary {
 		return
 	}
 	c.detached = true
-	if c.srv.handOver(c) {
+	hook(hookLeaving, c)
+	if c.claimQueued && c.srv.reg.Withdraw(c.serverID, c) {
+		c.withdrawClaim()
 		return
 	}
-	_, gen, held := c.srv.reg.Release(c.serverID, c, true, nil)
-	if held {
+	// Not queued (any more): this binary holds the slot, even if it won it
+	// while already leaving, or it was refused and holds nothing.
+	// No scratch arrays: the winner escapes, and escape analysis would take
+	// them along to the heap on every departure. Empty moves allocate only
+	// when a hand-over fills them.
+	m, gen, held := c.srv.reg.Release(c.serverID, c, true, moves{})
+	switch {
+	case m.Winner != nil:
+		c.probeDue.Store(0)
+		c.srv.handedOver(m.Winner, m.Evicted, m.Refused)
+	case held:
 		c.graceGen = gen
 		c.setDeadline(&c.graceDue, c.wheelNow()+int64(c.srv.cfg.GracePeriod))
 	}

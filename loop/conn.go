@@ -51,18 +51,19 @@ type conn struct {
 	binary   *conn                // phone: the binary it was attached to
 	env      *envelope.FromBinary // binary: scratch for the envelope being routed
 
-	fd         int32         // the socket's descriptor, the same across a pause
-	unread     int32         // input netpoll held at the last look (noteUnread)
-	inputHeld  atomic.Int32  // unread + staged + reassembled, for the memory budget
-	sock       atomic.Uint32 // who owns the descriptor (socket.go)
-	noticeCode uint16        // phone: code of its close frame, for the close notice
-	msgOp      ws.OpCode     // opcode of the message being reassembled
-	role       role
-	upgraded   bool
-	readDone   bool // input is discarded from here on
-	headOnly   bool // answering a HEAD request
-	proxied    bool // the PROXY header is consumed
-	detached   bool // phone: left the registry / binary: released its slot
+	fd          int32         // the socket's descriptor, the same across a pause
+	unread      int32         // input netpoll held at the last look (noteUnread)
+	inputHeld   atomic.Int32  // unread + staged + reassembled, for the memory budget
+	sock        atomic.Uint32 // who owns the descriptor (socket.go)
+	noticeCode  uint16        // phone: code of its close frame, for the close notice
+	msgOp       ws.OpCode     // opcode of the message being reassembled
+	role        role
+	upgraded    bool
+	readDone    bool // input is discarded from here on
+	headOnly    bool // answering a HEAD request
+	proxied     bool // the PROXY header is consumed
+	detached    bool // phone: left the registry / binary: released its slot
+	claimQueued bool // binary: its claim was queued on a takeover probe (takeover.go)
 
 	// Shared: set by whichever goroutine decides the phone's fate.
 	state connState

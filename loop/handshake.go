@@ -118,11 +118,20 @@ func (c *conn) upgrade(req *wsframe.Request) {
 	c.upgraded = true
 	c.serverID = string(serverID)
 	c.headDue.Store(0)
+	hook(hookAdmitted, c)
 	c.accept(key)
-	if c.register(req.Header("X-Pyrycode-Device-Name")) {
-		c.out.release() // only now may the 101 leave
-		c.startHeartbeat()
-		c.startLifetime() // binaries only
+	if !c.register(req.Header("X-Pyrycode-Device-Name")) {
+		return // waiting on a takeover probe: see takeover.go
+	}
+	c.out.release() // only now may the 101 leave
+	c.startHeartbeat()
+	c.startLifetime() // binaries only
+	if c.srv.draining.Load() {
+		// Shutdown began after the draining check above and its registry
+		// snapshot may have missed this connection (the shard lock orders
+		// the two: a registration the snapshot did not see sees draining).
+		// A second 1001 is a no-op, so it does not matter if it did not.
+		c.shutdownClose()
 	}
 }
 
@@ -164,9 +173,15 @@ func (c *conn) register(deviceName []byte) (decided bool) {
 	s := c.srv
 	if c.role == roleBinary {
 		var scratch [16]*conn
-		evicted, holder, err := s.reg.Claim(c.serverID, c, scratch[:0])
+		evicted, holder, first, err := s.reg.ClaimOrWait(c.serverID, c, scratch[:0])
 		if err != nil {
-			s.startProbe(holder, c)
+			c.claimQueued = true
+			s.startProbe(holder, c, first)
+			if s.draining.Load() && s.reg.Withdraw(c.serverID, c) {
+				// Queued after Shutdown emptied the queues: nobody else
+				// will answer this claim (same ordering as in upgrade).
+				c.claimShutdown()
+			}
 			return false
 		}
 		closeReclaimed(evicted)

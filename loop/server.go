@@ -83,7 +83,6 @@ type Server struct {
 	limiter      *ratelimit.Limiter[[16]byte] // per source IP; nil when the rate limit is off
 	wheel        *wheel
 	tasks        *readTasks
-	probes       probes // takeover probes in progress
 	pauser       readPauser
 	ready        *readyPoller // paused sockets waiting for input (readypoll.go)
 	budget       *memoryBudget

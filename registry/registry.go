@@ -46,6 +46,21 @@ type slot[B, P comparable] struct {
 	live   bool   // false while the slot waits out its binary's grace window
 	gen    uint64 // bumped whenever the holder changes or leaves: stale timers compare it
 	phones []phoneEntry[P]
+	// waiting are the claimants queued behind the live holder while it is
+	// probed, first come first. Kept here, under the shard lock, so a claim
+	// and the holder's departure are ordered: a claimant either queues while
+	// the holder is live (and the departure hands it the slot) or finds the
+	// slot in grace (and reclaims it). Empty whenever the slot is not live.
+	waiting []B
+}
+
+// Moves is what a change of holder asks of the caller: the registry performs
+// no I/O, so the relay carries these out. Evicted and Refused are appended
+// to whatever the caller passed in.
+type Moves[B, P comparable] struct {
+	Winner  B   // the waiting claimant that now holds the slot; the zero B when none
+	Refused []B // the other waiting claimants, answered "claimed": the slot has a live holder
+	Evicted []P // the previous holder's phones, for the caller to close
 }
 
 type phoneEntry[P comparable] struct {
@@ -69,9 +84,23 @@ func (r *Registry[B, P]) shard(serverID string) *shard[B, P] {
 // Claim records b as the holder of serverID. A slot waiting out its grace
 // window is reclaimed at once: its phones are appended to evicted for the
 // caller to close. When a live binary holds the slot, Claim returns that
-// holder and ErrClaimed; the caller decides (a takeover probe) and may then
-// call Takeover.
+// holder and ErrClaimed and records nothing; ClaimOrWait queues b instead.
 func (r *Registry[B, P]) Claim(serverID string, b B, evicted []P) ([]P, B, error) {
+	evicted, holder, _, err := r.claim(serverID, b, false, evicted)
+	return evicted, holder, err
+}
+
+// ClaimOrWait is Claim, except that when a live binary holds the slot b is
+// queued behind it and ErrClaimed comes back with that holder. b's claim is
+// then decided by whichever comes first: Keep (the holder proved alive),
+// Takeover (it did not), the holder's Release (it left; b may get the slot),
+// b's own Withdraw, or TakeWaiting. probe is true when b is the first in the
+// queue: the caller starts the probe of the holder.
+func (r *Registry[B, P]) ClaimOrWait(serverID string, b B, evicted []P) (_ []P, holder B, probe bool, err error) {
+	return r.claim(serverID, b, true, evicted)
+}
+
+func (r *Registry[B, P]) claim(serverID string, b B, wait bool, evicted []P) (_ []P, holder B, probe bool, err error) {
 	s := r.shard(serverID)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -80,52 +109,134 @@ func (r *Registry[B, P]) Claim(serverID string, b B, evicted []P) ([]P, B, error
 	case sl == nil:
 		s.slots[serverID] = &slot[B, P]{binary: b, live: true}
 	case sl.live:
-		return evicted, sl.binary, ErrClaimed
+		if wait {
+			probe = len(sl.waiting) == 0
+			sl.waiting = append(sl.waiting, b)
+		}
+		return evicted, sl.binary, probe, ErrClaimed
 	default: // reclaim within grace
 		evicted = sl.takePhones(r, evicted)
 		sl.binary, sl.live = b, true
 		sl.gen++
 	}
 	r.binaries.Add(1)
-	return evicted, b, nil
+	return evicted, b, false, nil
 }
 
-// Takeover gives serverID to b when old still holds it live, appending
-// old's phones to evicted. ok is false when old no longer holds it.
-func (r *Registry[B, P]) Takeover(serverID string, old, b B, evicted []P) (_ []P, ok bool) {
+// Keep answers the claimants waiting on holder: it is alive and keeps
+// serverID. They are appended to refused. Nothing happens when holder no
+// longer holds serverID: whoever moved the slot answered them.
+func (r *Registry[B, P]) Keep(serverID string, holder B, refused []B) []B {
 	s := r.shard(serverID)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sl := s.slots[serverID]
-	if sl == nil || !sl.live || sl.binary != old {
-		return evicted, false
+	if sl == nil || !sl.live || sl.binary != holder {
+		return refused
 	}
-	evicted = sl.takePhones(r, evicted)
-	sl.binary = b
-	sl.gen++
-	return evicted, true
+	return sl.takeWaiting(refused)
 }
 
-// Release is called when b's connection ends. With grace, b's slot (and
-// its phones) is kept, not live, and the returned generation identifies this
-// grace window for Expire. Without grace the slot goes and its phones are
-// appended to dst. Nothing happens when b is not the holder.
-func (r *Registry[B, P]) Release(serverID string, b B, grace bool, dst []P) (_ []P, gen uint64, held bool) {
+// Takeover gives serverID to the first claimant waiting on holder, when
+// holder still holds it live: m.Winner is set, the other claimants are
+// appended to m.Refused and holder's phones to m.Evicted. ok is false, and
+// m comes back as it was, when nobody waits or holder no longer holds it.
+func (r *Registry[B, P]) Takeover(serverID string, holder B, m Moves[B, P]) (_ Moves[B, P], ok bool) {
+	s := r.shard(serverID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := s.slots[serverID]
+	if sl == nil || !sl.live || sl.binary != holder || len(sl.waiting) == 0 {
+		return m, false
+	}
+	return sl.handOver(r, m), true
+}
+
+// handOver moves a live slot to its first waiting claimant.
+func (sl *slot[B, P]) handOver(r *Registry[B, P], m Moves[B, P]) Moves[B, P] {
+	// Nothing read from m is stored in the slot: escape analysis would
+	// then move the caller's scratch arrays behind m's slices to the heap.
+	w := sl.waiting[0]
+	m.Winner = w
+	m.Evicted = sl.takePhones(r, m.Evicted)
+	m.Refused = append(m.Refused, sl.waiting[1:]...)
+	clear(sl.waiting)
+	sl.waiting = sl.waiting[:0]
+	sl.binary = w
+	sl.gen++
+	return m
+}
+
+func (sl *slot[B, P]) takeWaiting(dst []B) []B {
+	dst = append(dst, sl.waiting...)
+	clear(sl.waiting)
+	sl.waiting = sl.waiting[:0]
+	return dst
+}
+
+// Withdraw takes b, a claimant that is leaving, out of serverID's queue. It
+// reports false when b was not queued: its claim was already decided.
+func (r *Registry[B, P]) Withdraw(serverID string, b B) bool {
+	s := r.shard(serverID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := s.slots[serverID]
+	if sl == nil {
+		return false
+	}
+	for i, w := range sl.waiting {
+		if w == b {
+			last := len(sl.waiting) - 1
+			copy(sl.waiting[i:], sl.waiting[i+1:]) // keep first come, first served
+			var zero B
+			sl.waiting[last] = zero
+			sl.waiting = sl.waiting[:last]
+			return true
+		}
+	}
+	return false
+}
+
+// TakeWaiting empties every slot's queue into dst, one shard at a time;
+// shutdown uses it to answer every claimant still waiting on a probe.
+func (r *Registry[B, P]) TakeWaiting(dst []B) []B {
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.Lock()
+		for _, sl := range s.slots {
+			dst = sl.takeWaiting(dst)
+		}
+		s.mu.Unlock()
+	}
+	return dst
+}
+
+// Release is called when b's connection ends. When claimants wait on b,
+// the first takes the slot at once (see Takeover: m is filled the same way).
+// Otherwise, with grace, b's slot (and its phones) is kept, not live, and the
+// returned generation identifies this grace window for Expire; without
+// grace the slot goes and its phones are appended to m.Evicted. Nothing
+// happens when b is not the holder.
+func (r *Registry[B, P]) Release(serverID string, b B, grace bool, m Moves[B, P]) (_ Moves[B, P], gen uint64, held bool) {
 	s := r.shard(serverID)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sl := s.slots[serverID]
 	if sl == nil || sl.binary != b || !sl.live {
-		return dst, 0, false
+		return m, 0, false
+	}
+	if len(sl.waiting) > 0 {
+		return sl.handOver(r, m), 0, false
 	}
 	r.binaries.Add(-1)
 	if grace {
 		sl.live = false
 		sl.gen++
-		return dst, sl.gen, true
+		return m, sl.gen, true
 	}
 	delete(s.slots, serverID)
-	return sl.takePhones(r, dst), 0, false
+	m.Evicted = sl.takePhones(r, m.Evicted)
+	return m, 0, false
 }
 
 // Expire ends the grace window gen of b's slot, appending its phones to dst.

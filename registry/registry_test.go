@@ -17,6 +17,32 @@ type reg = Registry[*conn, *conn]
 
 func newReg(maxPhones int) *reg { return New[*conn, *conn](maxPhones) }
 
+type moves = Moves[*conn, *conn]
+
+// release is Release for a slot nobody waits on: the phones it evicts are
+// appended to dst.
+func release(r *reg, serverID string, b *conn, grace bool, dst []*conn) ([]*conn, uint64, bool) {
+	m, gen, held := r.Release(serverID, b, grace, moves{Evicted: dst})
+	if m.Winner != nil || len(m.Refused) != 0 {
+		panic("release: a claimant was waiting")
+	}
+	return m.Evicted, gen, held
+}
+
+// takeover is a probe that expires in one step: b queues behind old, then
+// the slot is taken from old. The phones it evicts are appended to evicted.
+func takeover(t testing.TB, r *reg, serverID string, old, b *conn, evicted []*conn) ([]*conn, bool) {
+	t.Helper()
+	if _, h, probe, err := r.ClaimOrWait(serverID, b, nil); !errors.Is(err, ErrClaimed) || h != old || !probe {
+		t.Fatalf("ClaimOrWait(%s) = %v, %v, %v; want queued behind %s", b.name, h, probe, err, old.name)
+	}
+	m, ok := r.Takeover(serverID, old, moves{Evicted: evicted})
+	if !ok || m.Winner != b || len(m.Refused) != 0 {
+		t.Fatalf("Takeover(%s) = %+v, %v", old.name, m, ok)
+	}
+	return m.Evicted, ok
+}
+
 // checkConnID asserts the client-<serverID>-<8 lowercase hex> form.
 func checkConnID(t testing.TB, serverID, id string) {
 	t.Helper()
@@ -83,10 +109,10 @@ func TestRelease(t *testing.T) {
 
 	// Not the holder: nothing happens, with or without grace.
 	for _, grace := range []bool{false, true} {
-		if got, gen, held := r.Release("s", b2, grace, dst); len(got) != 1 || got[0] != sentinel || gen != 0 || held {
+		if got, gen, held := release(r, "s", b2, grace, dst); len(got) != 1 || got[0] != sentinel || gen != 0 || held {
 			t.Fatalf("Release(grace=%v) by a non-holder returned %v, %d, %v", grace, got, gen, held)
 		}
-		if got, gen, held := r.Release("nope", b1, grace, dst); len(got) != 1 || gen != 0 || held {
+		if got, gen, held := release(r, "nope", b1, grace, dst); len(got) != 1 || gen != 0 || held {
 			t.Fatalf("Release(grace=%v) of an unknown id returned %v, %d, %v", grace, got, gen, held)
 		}
 	}
@@ -95,7 +121,7 @@ func TestRelease(t *testing.T) {
 	}
 
 	// The holder, without grace: phones come back appended, the slot goes.
-	got, gen, held := r.Release("s", b1, false, dst)
+	got, gen, held := release(r, "s", b1, false, dst)
 	if len(got) != 4 || got[0] != sentinel || gen != 0 || held {
 		t.Fatalf("Release returned %v, %d, %v", got, gen, held)
 	}
@@ -111,10 +137,10 @@ func TestRelease(t *testing.T) {
 	if b, live := r.Binary("s"); b != nil || live || r.Binaries() != 0 || r.Phones() != 0 {
 		t.Fatalf("after release: binary %v, binaries %d phones %d", b, r.Binaries(), r.Phones())
 	}
-	if got, _, held := r.Release("s", b1, false, nil); len(got) != 0 || held {
+	if got, _, held := release(r, "s", b1, false, nil); len(got) != 0 || held {
 		t.Fatalf("second release returned %v, %v", got, held)
 	}
-	if got, _, held := r.Release("s", b1, true, nil); len(got) != 0 || held {
+	if got, _, held := release(r, "s", b1, true, nil); len(got) != 0 || held {
 		t.Fatalf("grace release after release returned %v, %v", got, held)
 	}
 	if _, _, err := r.AddPhone("s", &conn{"late"}); !errors.Is(err, ErrNoServer) {
@@ -127,7 +153,7 @@ func TestRelease(t *testing.T) {
 		t.Fatal(ev, err)
 	}
 	for _, grace := range []bool{false, true} {
-		if got, _, held := r.Release("s", b1, grace, nil); len(got) != 0 || held {
+		if got, _, held := release(r, "s", b1, grace, nil); len(got) != 0 || held {
 			t.Fatalf("stale release (grace=%v) returned %v, %v", grace, got, held)
 		}
 	}
@@ -312,7 +338,7 @@ func TestRemovePhone(t *testing.T) {
 
 	// After the slot changes hands the caller learns the new holder, and
 	// can tell it is not the binary p2 was attached to.
-	if ps, _, _ := r.Release("s", b1, false, nil); len(ps) != 1 || ps[0] != p2 {
+	if ps, _, _ := release(r, "s", b1, false, nil); len(ps) != 1 || ps[0] != p2 {
 		t.Fatalf("Release = %v", ps)
 	}
 	if _, _, err := r.Claim("s", b2, nil); err != nil {
@@ -361,7 +387,7 @@ func TestPhoneLookupBoundaries(t *testing.T) {
 		}
 	}
 	// A binary that released its id cannot reach phones of the new holder.
-	_, _, _ = r.Release("A", bA, false, nil)
+	_, _, _ = release(r, "A", bA, false, nil)
 	bA2 := &conn{"bA2"}
 	_, _, _ = r.Claim("A", bA2, nil)
 	idA2, _, _ := r.AddPhone("A", &conn{})
@@ -512,7 +538,7 @@ func TestConcurrent(t *testing.T) {
 						}
 						ps = ps[1:]
 					}
-					rel, _, _ := r.Release(sid, b, false, nil)
+					rel, _, _ := release(r, sid, b, false, nil)
 					if len(rel) != len(ps) {
 						fail("Release %s returned %d phones, want %d", sid, len(rel), len(ps))
 					}
@@ -549,7 +575,7 @@ func TestConcurrent(t *testing.T) {
 	}
 	for s := 0; s < shared; s++ {
 		sid := fmt.Sprint("shared-", s)
-		if ps, _, _ := r.Release(sid, sharedBinaries[s].Load(), false, nil); len(ps) != maxPhones {
+		if ps, _, _ := release(r, sid, sharedBinaries[s].Load(), false, nil); len(ps) != maxPhones {
 			t.Fatalf("Release %s returned %d phones", sid, len(ps))
 		}
 	}
@@ -604,7 +630,7 @@ func TestGraceHold(t *testing.T) {
 	}
 
 	sentinel := &conn{"already in dst"}
-	dst, gen, held := r.Release("s", b1, true, []*conn{sentinel})
+	dst, gen, held := release(r, "s", b1, true, []*conn{sentinel})
 	if !held || gen == 0 || len(dst) != 1 || dst[0] != sentinel {
 		t.Fatalf("Release(grace) = %v, %d, %v; want dst untouched, held", dst, gen, held)
 	}
@@ -617,12 +643,12 @@ func TestGraceHold(t *testing.T) {
 	}
 	// The grace slot is not live: further releases and takeovers are no-ops.
 	for _, grace := range []bool{false, true} {
-		if got, g, h := r.Release("s", b1, grace, nil); len(got) != 0 || g != 0 || h {
+		if got, g, h := release(r, "s", b1, grace, nil); len(got) != 0 || g != 0 || h {
 			t.Fatalf("Release(grace=%v) during grace = %v, %d, %v", grace, got, g, h)
 		}
 	}
-	if got, ok := r.Takeover("s", b1, &conn{"w"}, nil); ok || len(got) != 0 {
-		t.Fatalf("Takeover of a grace slot = %v, %v", got, ok)
+	if m, ok := r.Takeover("s", b1, moves{}); ok || m.Winner != nil || len(m.Evicted) != 0 {
+		t.Fatalf("Takeover of a grace slot = %+v, %v", m, ok)
 	}
 	if b, live := r.Binary("s"); b != b1 || live || r.Binaries() != 1 || r.Phones() != 4 {
 		t.Fatalf("no-ops changed the grace slot: %v %v %d/%d", b, live, r.Binaries(), r.Phones())
@@ -660,7 +686,7 @@ func TestGraceReclaim(t *testing.T) {
 	r := newReg(16)
 	b1, b2, b3 := &conn{"b1"}, &conn{"b2"}, &conn{"b3"}
 	ps, ids := withPhones(t, r, "s", b1, 2)
-	_, gen1, held := r.Release("s", b1, true, nil)
+	_, gen1, held := release(r, "s", b1, true, nil)
 	if !held {
 		t.Fatal("Release(grace) did not hold")
 	}
@@ -693,7 +719,7 @@ func TestGraceReclaim(t *testing.T) {
 	if _, h, err := r.Claim("s", b3, nil); !errors.Is(err, ErrClaimed) || h != b2 {
 		t.Fatalf("claim over a reclaimed slot = %v, %v", h, err)
 	}
-	if got, _, held := r.Release("s", b1, true, nil); len(got) != 0 || held {
+	if got, _, held := release(r, "s", b1, true, nil); len(got) != 0 || held {
 		t.Fatal("departed binary released the new holder")
 	}
 	if got, ok := r.Expire("s", b1, gen1, nil); ok || len(got) != 0 {
@@ -712,7 +738,7 @@ func TestGraceReclaim(t *testing.T) {
 	}
 
 	// A reclaim of a grace slot with no phones evicts nothing.
-	if _, _, held := r.Release("s", b2, true, nil); !held {
+	if _, _, held := release(r, "s", b2, true, nil); !held {
 		t.Fatal("b2 Release(grace) did not hold")
 	}
 	if got := r.RemovePhone("s", id, pNew); got != b2 || r.Phones() != 0 {
@@ -741,7 +767,7 @@ func TestExpire(t *testing.T) {
 			t.Fatalf("Expire(gen %d) of a live slot succeeded", g)
 		}
 	}
-	_, gen, held := r.Release("s", b1, true, nil)
+	_, gen, held := release(r, "s", b1, true, nil)
 	if !held {
 		t.Fatal("Release(grace) did not hold")
 	}
@@ -797,7 +823,7 @@ func TestExpireStale(t *testing.T) {
 		r := newReg(16)
 		b1, b2 := &conn{"b1"}, &conn{"b2"}
 		withPhones(t, r, "s", b1, 1)
-		_, gen1, _ := r.Release("s", b1, true, nil)
+		_, gen1, _ := release(r, "s", b1, true, nil)
 		if _, _, err := r.Claim("s", b2, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -817,7 +843,7 @@ func TestExpireStale(t *testing.T) {
 			}
 		}
 		check(true)
-		_, gen2, held := r.Release("s", b2, true, nil)
+		_, gen2, held := release(r, "s", b2, true, nil)
 		if !held || gen2 == gen1 {
 			t.Fatalf("b2 Release(grace) = %d, %v (gen1 %d)", gen2, held, gen1)
 		}
@@ -834,7 +860,7 @@ func TestExpireStale(t *testing.T) {
 		r := newReg(16)
 		b := &conn{"b"}
 		ps, _ := withPhones(t, r, "s", b, 2)
-		_, gen1, _ := r.Release("s", b, true, nil)
+		_, gen1, _ := release(r, "s", b, true, nil)
 		ev, _, err := r.Claim("s", b, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -847,7 +873,7 @@ func TestExpireStale(t *testing.T) {
 		if _, _, err := r.AddPhone("s", p); err != nil {
 			t.Fatal(err)
 		}
-		_, gen2, held := r.Release("s", b, true, nil)
+		_, gen2, held := release(r, "s", b, true, nil)
 		if !held || gen2 == gen1 {
 			t.Fatalf("second Release(grace) = %d, %v (gen1 %d)", gen2, held, gen1)
 		}
@@ -865,14 +891,12 @@ func TestExpireStale(t *testing.T) {
 		r := newReg(16)
 		b1, b2 := &conn{"b1"}, &conn{"b2"}
 		withPhones(t, r, "s", b1, 1)
-		_, gen1, _ := r.Release("s", b1, true, nil)
+		_, gen1, _ := release(r, "s", b1, true, nil)
 		if _, _, err := r.Claim("s", b1, nil); err != nil { // back within grace
 			t.Fatal(err)
 		}
-		if _, ok := r.Takeover("s", b1, b2, nil); !ok {
-			t.Fatal("Takeover failed")
-		}
-		_, gen2, _ := r.Release("s", b2, true, nil)
+		takeover(t, r, "s", b1, b2, nil)
+		_, gen2, _ := release(r, "s", b2, true, nil)
 		for _, c := range []struct {
 			b   *conn
 			gen uint64
@@ -893,28 +917,35 @@ func TestExpireStale(t *testing.T) {
 func TestTakeover(t *testing.T) {
 	r := newReg(16)
 	b1, b2, b3 := &conn{"b1"}, &conn{"b2"}, &conn{"b3"}
-	if got, ok := r.Takeover("s", nil, b2, nil); ok || len(got) != 0 {
+	if m, ok := r.Takeover("s", nil, moves{}); ok || m.Winner != nil {
 		t.Fatal("Takeover of an unknown id succeeded")
 	}
 	ps, ids := withPhones(t, r, "s", b1, 3)
 	sentinel := &conn{"already in evicted"}
 
+	// Nobody waits: nothing to take over.
+	if m, ok := r.Takeover("s", b1, moves{}); ok || m.Winner != nil {
+		t.Fatal("Takeover with nobody waiting succeeded")
+	}
+	if _, h, probe, err := r.ClaimOrWait("s", b2, nil); !errors.Is(err, ErrClaimed) || h != b1 || !probe {
+		t.Fatalf("ClaimOrWait = %v, %v, %v; want queued behind b1, first", h, probe, err)
+	}
 	// Only the live holder can be taken over from.
 	for _, old := range []*conn{b3, nil, b2} {
-		got, ok := r.Takeover("s", old, b2, []*conn{sentinel})
-		if ok || len(got) != 1 || got[0] != sentinel {
-			t.Fatalf("Takeover from %v = %v, %v; want refused", old, got, ok)
+		m, ok := r.Takeover("s", old, moves{Evicted: []*conn{sentinel}})
+		if ok || m.Winner != nil || len(m.Evicted) != 1 || m.Evicted[0] != sentinel {
+			t.Fatalf("Takeover from %v = %+v, %v; want refused", old, m, ok)
 		}
 	}
 	if b, live := r.Binary("s"); b != b1 || !live || r.Binaries() != 1 || r.Phones() != 3 {
 		t.Fatalf("refused Takeover changed the slot: %v %v %d/%d", b, live, r.Binaries(), r.Phones())
 	}
 
-	got, ok := r.Takeover("s", b1, b2, []*conn{sentinel})
-	if !ok || len(got) == 0 || got[0] != sentinel {
-		t.Fatalf("Takeover = %v, %v", got, ok)
+	m, ok := r.Takeover("s", b1, moves{Evicted: []*conn{sentinel}})
+	if !ok || m.Winner != b2 || len(m.Refused) != 0 || len(m.Evicted) == 0 || m.Evicted[0] != sentinel {
+		t.Fatalf("Takeover = %+v, %v", m, ok)
 	}
-	sameSet(t, "Takeover evicted", got[1:], ps)
+	sameSet(t, "Takeover evicted", m.Evicted[1:], ps)
 	if b, live := r.Binary("s"); b != b2 || !live {
 		t.Fatalf("Binary after Takeover = %v, %v", b, live)
 	}
@@ -928,12 +959,15 @@ func TestTakeover(t *testing.T) {
 	}
 	// The old holder is out: no second takeover from it, and its release
 	// (with or without grace) does nothing.
-	if _, ok := r.Takeover("s", b1, b3, nil); ok {
+	if _, _, _, err := r.ClaimOrWait("s", b3, nil); !errors.Is(err, ErrClaimed) {
+		t.Fatal(err)
+	}
+	if _, ok := r.Takeover("s", b1, moves{}); ok {
 		t.Fatal("second Takeover from the old holder succeeded")
 	}
 	for _, grace := range []bool{false, true} {
-		if got, _, held := r.Release("s", b1, grace, nil); len(got) != 0 || held {
-			t.Fatalf("old holder's Release(grace=%v) acted", grace)
+		if m, _, held := r.Release("s", b1, grace, moves{}); m.Winner != nil || len(m.Evicted) != 0 || held {
+			t.Fatalf("old holder's Release(grace=%v) acted: %+v %v", grace, m, held)
 		}
 	}
 	if b, live := r.Binary("s"); b != b2 || !live || r.Binaries() != 1 {
@@ -944,14 +978,214 @@ func TestTakeover(t *testing.T) {
 	if _, _, err := r.AddPhone("s", p); err != nil {
 		t.Fatal(err)
 	}
-	if got, ok := r.Takeover("s", b2, b3, nil); !ok || len(got) != 1 || got[0] != p {
-		t.Fatalf("Takeover b2->b3 = %v, %v", got, ok)
+	if m, ok := r.Takeover("s", b2, moves{}); !ok || m.Winner != b3 || len(m.Evicted) != 1 || m.Evicted[0] != p {
+		t.Fatalf("Takeover b2->b3 = %+v, %v", m, ok)
 	}
-	if got, _, held := r.Release("s", b3, false, nil); held || len(got) != 0 {
+	if got, _, held := release(r, "s", b3, false, nil); held || len(got) != 0 {
 		t.Fatalf("Release b3 = %v, %v", got, held)
 	}
 	if r.Binaries() != 0 || r.Phones() != 0 {
 		t.Fatalf("counts %d/%d", r.Binaries(), r.Phones())
+	}
+}
+
+// Several claimants queue behind one holder: the first queued wins whatever
+// decides (Takeover or the holder's Release), the rest are refused, and each
+// is answered exactly once. A stale probe acting after the decision finds
+// nothing: this was the `break // refuse everyone` branch in
+// loop/takeover.go, which refused no one.
+func TestWaitingDecidedOnce(t *testing.T) {
+	for _, how := range []string{"takeover", "release", "release-nograce"} {
+		t.Run(how, func(t *testing.T) {
+			r := newReg(16)
+			h, w1, w2, w3 := &conn{"h"}, &conn{"w1"}, &conn{"w2"}, &conn{"w3"}
+			ps, _ := withPhones(t, r, "s", h, 2)
+			for i, w := range []*conn{w1, w2, w3} {
+				_, got, probe, err := r.ClaimOrWait("s", w, nil)
+				if !errors.Is(err, ErrClaimed) || got != h || probe != (i == 0) {
+					t.Fatalf("ClaimOrWait(%s) = %v, %v, %v", w.name, got, probe, err)
+				}
+			}
+			var m moves
+			switch how {
+			case "takeover":
+				var ok bool
+				if m, ok = r.Takeover("s", h, moves{}); !ok {
+					t.Fatal("Takeover failed")
+				}
+			default:
+				var held bool
+				if m, _, held = r.Release("s", h, how == "release", moves{}); held {
+					t.Fatal("Release held the slot in grace while claimants waited")
+				}
+			}
+			if m.Winner != w1 {
+				t.Fatalf("winner %v, want w1 (first queued)", m.Winner)
+			}
+			sameSet(t, "refused", m.Refused, []*conn{w2, w3})
+			sameSet(t, "evicted", m.Evicted, ps)
+			if b, live := r.Binary("s"); b != w1 || !live || r.Binaries() != 1 || r.Phones() != 0 {
+				t.Fatalf("slot %v %v, counts %d/%d", b, live, r.Binaries(), r.Phones())
+			}
+			// Every later decision about h finds nothing to decide.
+			if m, ok := r.Takeover("s", h, moves{}); ok || m.Winner != nil || len(m.Refused) != 0 {
+				t.Fatalf("stale Takeover = %+v, %v", m, ok)
+			}
+			if got := r.Keep("s", h, nil); len(got) != 0 {
+				t.Fatalf("stale Keep = %v", got)
+			}
+			for _, w := range []*conn{w1, w2, w3} {
+				if r.Withdraw("s", w) {
+					t.Fatalf("Withdraw(%s) after the decision", w.name)
+				}
+			}
+			if got := r.TakeWaiting(nil); len(got) != 0 {
+				t.Fatalf("TakeWaiting = %v", got)
+			}
+		})
+	}
+}
+
+// Keep refuses every claimant queued so far; one that queues after it starts
+// a new probe (probe is true again).
+func TestKeep(t *testing.T) {
+	r := newReg(16)
+	h, w1, w2, w3 := &conn{"h"}, &conn{"w1"}, &conn{"w2"}, &conn{"w3"}
+	withPhones(t, r, "s", h, 1)
+	if got := r.Keep("s", h, nil); len(got) != 0 {
+		t.Fatalf("Keep with nobody waiting = %v", got)
+	}
+	r.ClaimOrWait("s", w1, nil)
+	r.ClaimOrWait("s", w2, nil)
+	if got := r.Keep("s", w1, nil); len(got) != 0 {
+		t.Fatalf("Keep by a non-holder = %v", got)
+	}
+	sentinel := &conn{"already refused"}
+	got := r.Keep("s", h, []*conn{sentinel})
+	if len(got) != 3 || got[0] != sentinel || got[1] != w1 || got[2] != w2 {
+		t.Fatalf("Keep = %v", got)
+	}
+	if _, _, probe, _ := r.ClaimOrWait("s", w3, nil); !probe {
+		t.Fatal("the first claimant after Keep did not start a probe")
+	}
+	if b, live := r.Binary("s"); b != h || !live || r.Phones() != 1 {
+		t.Fatal("Keep changed the slot")
+	}
+}
+
+// A claimant that leaves while queued is never handed the slot: once
+// Withdraw has taken it out, a takeover or the holder's departure skips it,
+// so a dead connection cannot end up holding the server-id (item 8 of the
+// takeover fixes: the newcomer that closed between loop/takeover.go's
+// liveness check and its Takeover call).
+func TestWithdraw(t *testing.T) {
+	t.Run("takeover skips it", func(t *testing.T) {
+		r := newReg(16)
+		h, w1, w2 := &conn{"h"}, &conn{"w1"}, &conn{"w2"}
+		withPhones(t, r, "s", h, 1)
+		r.ClaimOrWait("s", w1, nil)
+		r.ClaimOrWait("s", w2, nil)
+		if r.Withdraw("s", h) || r.Withdraw("t", w1) {
+			t.Fatal("Withdraw of someone not queued succeeded")
+		}
+		if !r.Withdraw("s", w1) || r.Withdraw("s", w1) {
+			t.Fatal("Withdraw(w1) not exactly once")
+		}
+		m, ok := r.Takeover("s", h, moves{})
+		if !ok || m.Winner != w2 || len(m.Refused) != 0 {
+			t.Fatalf("Takeover = %+v, %v; want w2", m, ok)
+		}
+	})
+	t.Run("last one out: holder kept, release holds grace", func(t *testing.T) {
+		r := newReg(16)
+		h, w := &conn{"h"}, &conn{"w"}
+		withPhones(t, r, "s", h, 1)
+		r.ClaimOrWait("s", w, nil)
+		if !r.Withdraw("s", w) {
+			t.Fatal("Withdraw failed")
+		}
+		if _, ok := r.Takeover("s", h, moves{}); ok {
+			t.Fatal("Takeover with nobody left waiting succeeded")
+		}
+		if _, _, held := r.Release("s", h, true, moves{}); !held {
+			t.Fatal("holder's Release did not hold grace")
+		}
+		// The next claimant reclaims at once instead of waiting.
+		w2 := &conn{"w2"}
+		if ev, got, probe, err := r.ClaimOrWait("s", w2, nil); err != nil || got != w2 || probe || len(ev) != 1 {
+			t.Fatalf("reclaim = %v, %v, %v, %v", ev, got, probe, err)
+		}
+	})
+	t.Run("won, then leaves", func(t *testing.T) {
+		// The winner was already leaving when it got the slot: its own
+		// Release (it is the holder now) puts the slot into grace, and the
+		// server-id stays claimable.
+		r := newReg(16)
+		h, w := &conn{"h"}, &conn{"w"}
+		withPhones(t, r, "s", h, 1)
+		takeover(t, r, "s", h, w, nil)
+		if r.Withdraw("s", w) {
+			t.Fatal("Withdraw of the winner succeeded")
+		}
+		if _, _, held := r.Release("s", w, true, moves{}); !held {
+			t.Fatal("winner's Release did not hold grace")
+		}
+		w2 := &conn{"w2"}
+		if _, got, _, err := r.ClaimOrWait("s", w2, nil); err != nil || got != w2 {
+			t.Fatalf("claim after the winner left = %v, %v", got, err)
+		}
+	})
+}
+
+// The holder leaves before a claimant queues: the claimant finds the grace
+// slot and reclaims it, never waiting on a holder that is gone. It leaves
+// after: its Release hands the claimant the slot. There is no third order
+// (the probe loop/takeover.go started on a holder already gone, never
+// resolved).
+func TestClaimOrWaitVersusRelease(t *testing.T) {
+	r := newReg(16)
+	h, w := &conn{"h"}, &conn{"w"}
+	withPhones(t, r, "s", h, 1)
+	if _, _, held := r.Release("s", h, true, moves{}); !held {
+		t.Fatal("no grace")
+	}
+	if _, got, probe, err := r.ClaimOrWait("s", w, nil); err != nil || got != w || probe {
+		t.Fatalf("ClaimOrWait after the holder left = %v, %v, %v", got, probe, err)
+	}
+	if got := r.TakeWaiting(nil); len(got) != 0 {
+		t.Fatalf("a claimant waits: %v", got)
+	}
+}
+
+func TestTakeWaiting(t *testing.T) {
+	r := newReg(16)
+	var want []*conn
+	sidOf := map[*conn]string{}
+	for i := 0; i < 100; i++ { // spread over the shards
+		sid := fmt.Sprint("srv-", i)
+		withPhones(t, r, sid, &conn{fmt.Sprint("h", i)}, 0)
+		for k := 0; k < i%3; k++ {
+			w := &conn{fmt.Sprint("w", i, "-", k)}
+			r.ClaimOrWait(sid, w, nil)
+			want, sidOf[w] = append(want, w), sid
+		}
+	}
+	sentinel := &conn{"sentinel"}
+	got := r.TakeWaiting([]*conn{sentinel})
+	if got[0] != sentinel {
+		t.Fatal("TakeWaiting dropped what was in dst")
+	}
+	sameSet(t, "TakeWaiting", got[1:], want)
+	for _, w := range want {
+		if r.Withdraw(sidOf[w], w) {
+			t.Fatal("still queued after TakeWaiting")
+		}
+	}
+	if got := r.TakeWaiting(nil); len(got) != 0 {
+		t.Fatalf("second TakeWaiting = %v", got)
+	}
+	if r.Binaries() != 100 {
+		t.Fatalf("Binaries = %d", r.Binaries())
 	}
 }
 
@@ -969,7 +1203,7 @@ func TestEach(t *testing.T) {
 		ps, _ := withPhones(t, r, fmt.Sprint("srv-", i), b, i%4)
 		wantB, wantP = append(wantB, b), append(wantP, ps...)
 		if i%3 == 0 { // some in their grace window
-			if _, _, held := r.Release(fmt.Sprint("srv-", i), b, true, nil); !held {
+			if _, _, held := release(r, fmt.Sprint("srv-", i), b, true, nil); !held {
 				t.Fatal("Release(grace) did not hold")
 			}
 		}
@@ -1107,7 +1341,7 @@ func TestGraceRace(t *testing.T) {
 						fail("live holder %s displaced: Binary = %v, %v", b.name, got, l)
 						return
 					}
-					dst, g, held := r.Release(sid, b, true, nil)
+					dst, g, held := release(r, sid, b, true, nil)
 					if !held || len(dst) != 0 {
 						fail("live holder %s: Release(grace) = %v, %d, %v", b.name, dst, g, held)
 						return
@@ -1144,7 +1378,7 @@ func TestGraceRace(t *testing.T) {
 						// Our window was expired or reclaimed and we got the
 						// id afresh: never let this handle into grace again,
 						// as real connections never come back either.
-						ps, _, held := r.Release(sid, b, false, nil)
+						ps, _, held := release(r, sid, b, false, nil)
 						account("Release", ps, b)
 						if held {
 							fail("Release without grace held")
@@ -1158,7 +1392,7 @@ func TestGraceRace(t *testing.T) {
 					}
 				}
 				if live {
-					_, g, held := r.Release(sid, b, true, nil)
+					_, g, held := release(r, sid, b, true, nil)
 					if !held {
 						fail("live holder %s: final Release(grace) did not hold", b.name)
 						return
@@ -1227,4 +1461,116 @@ func TestGraceRace(t *testing.T) {
 	if msg := failed.Load(); msg != nil {
 		t.Fatal(msg)
 	}
+}
+
+// Claimants queue, withdraw and win while other goroutines decide for
+// whoever holds the slot right now (Keep, Takeover, the holder's Release)
+// and shutdown's TakeWaiting runs alongside. Run with -race. Invariants:
+// every claimant is answered exactly once (claimed at once, won, refused,
+// withdrawn, or taken by TakeWaiting), a withdrawn claimant never holds the
+// slot, and no slot is left with a queue while it is not live.
+func TestWaitingRace(t *testing.T) {
+	const (
+		workers = 8
+		rounds  = 2000
+		ids     = 2
+	)
+	r := newReg(16)
+	type claimant struct {
+		conn
+		answers   atomic.Int32
+		withdrawn atomic.Bool
+	}
+	var mu sync.Mutex
+	all := map[*conn]*claimant{}
+	var failed atomic.Pointer[string]
+	fail := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		failed.CompareAndSwap(nil, &msg)
+	}
+	lookup := func(b *conn) *claimant {
+		mu.Lock()
+		defer mu.Unlock()
+		return all[b]
+	}
+	answer := func(bs ...*conn) {
+		for _, b := range bs {
+			if n := lookup(b).answers.Add(1); n != 1 {
+				fail("%s answered %d times", b.name, n)
+			}
+		}
+	}
+	decide := func(m moves) {
+		if m.Winner != nil {
+			if lookup(m.Winner).withdrawn.Load() {
+				fail("withdrawn %s won the slot", m.Winner.name)
+			}
+			answer(m.Winner)
+		}
+		answer(m.Refused...)
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < rounds && failed.Load() == nil; i++ {
+				sid := fmt.Sprint("s", i%ids)
+				c := &claimant{conn: conn{fmt.Sprintf("w%d-%d", w, i)}}
+				mu.Lock()
+				all[&c.conn] = c
+				mu.Unlock()
+				if _, h, _, err := r.ClaimOrWait(sid, &c.conn, nil); err == nil {
+					answer(&c.conn)
+				} else if h == nil {
+					fail("ErrClaimed without a holder")
+				} else if i%3 == 0 && r.Withdraw(sid, &c.conn) {
+					c.withdrawn.Store(true)
+					answer(&c.conn)
+				}
+				cur, live := r.Binary(sid)
+				if !live {
+					continue
+				}
+				switch i % 7 {
+				case 0, 1:
+					answer(r.Keep(sid, cur, nil)...)
+				case 2, 3:
+					m, _ := r.Takeover(sid, cur, moves{})
+					decide(m)
+				case 4:
+					m, _, _ := r.Release(sid, cur, i%2 == 0, moves{})
+					decide(m)
+				case 5:
+					if i%50 == 0 {
+						answer(r.TakeWaiting(nil)...)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if msg := failed.Load(); msg != nil {
+		t.Fatal(*msg)
+	}
+	answer(r.TakeWaiting(nil)...)
+	for i := range r.shards {
+		for sid, sl := range r.shards[i].slots {
+			if !sl.live && len(sl.waiting) != 0 {
+				t.Fatalf("%s: %d waiting on a slot in grace", sid, len(sl.waiting))
+			}
+			if sl.live && all[sl.binary].withdrawn.Load() {
+				t.Fatalf("%s held by withdrawn %s", sid, sl.binary.name)
+			}
+		}
+	}
+	if msg := failed.Load(); msg != nil {
+		t.Fatal(*msg)
+	}
+	for b, c := range all {
+		if n := c.answers.Load(); n != 1 {
+			t.Fatalf("%s answered %d times", b.name, n)
+		}
+	}
+	t.Logf("%d claimants", len(all))
 }
