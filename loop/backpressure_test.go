@@ -1,9 +1,14 @@
 package loop_test
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -119,4 +124,144 @@ func TestFloodingPhoneIsPausedNotDropped(t *testing.T) {
 	if n := c.Close(loop.CloseBinaryBacklog) + c.Close(loop.ClosePeer); n != 0 {
 		t.Fatalf("%d connections closed during the flood", n)
 	}
+}
+
+// deafBinary claims serverID over a raw socket with a tiny receive buffer
+// and never reads again: everything the relay sends it piles up.
+func deafBinary(t *testing.T, addr, serverID string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: testTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) {
+			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<10)
+		})
+	}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	if _, err := c.Write([]byte(requestHead("/v1/server", withUpgrade(rawBinaryLines(serverID))...))); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(testTimeout))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("deaf binary's upgrade: %v %v", resp, err)
+	}
+	return c
+}
+
+// bigFrameDialer writes each message as one frame.
+var bigFrameDialer = websocket.Dialer{HandshakeTimeout: testTimeout, WriteBufferSize: 512 << 10}
+
+func buffered(c *loop.Counters) int64 {
+	return c.UnreadBytes.Load() + c.StagedBytes.Load() + c.OutboxBytesQueued.Load()
+}
+
+// Past the memory budget's high mark the relay refuses upgrades with 503
+// and pauses the readers that feed it, so phones flooding a binary that
+// never reads cannot take the relay past its budget; when the binary goes,
+// so does the pressure.
+func TestMemoryBudgetHighMarkRefusesAndPauses(t *testing.T) {
+	const budget = 64 << 20
+	r := startRelay(t, loop.Config{MemoryBudgetBytes: budget, BinaryOutboxBytes: 256 << 20})
+	deaf := deafBinary(t, r.addr, "deaf-1")
+	var phones []*websocket.Conn
+	for range 4 {
+		c, _, err := bigFrameDialer.Dial("ws://"+r.addr+"/v1/client", phoneHeaders("deaf-1"))
+		if err != nil {
+			t.Fatalf("phone: %v", err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		phones = append(phones, c)
+	}
+	stop := make(chan struct{})
+	var most atomic.Int64
+	go func() {
+		for {
+			most.Store(max(most.Load(), buffered(r.Counters())))
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	for i, c := range phones {
+		go func() {
+			_ = c.SetWriteDeadline(time.Now().Add(testTimeout))
+			for j := range 2000 {
+				if c.WriteMessage(websocket.TextMessage, paddedFrame(i*10000+j, 64<<10)) != nil {
+					return
+				}
+			}
+		}()
+	}
+	high := int64(budget / 100 * 80)
+	waitFor(t, "buffers past the high mark", func() bool { return buffered(r.Counters()) >= high })
+	_, resp, err := dial(t, r.addr, "/v1/client", phoneHeaders("deaf-1"))
+	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("upgrade past the high mark: %v (response %v), want 503", err, resp)
+	}
+	c := r.Counters()
+	if c.Reject(loop.RejectOverloaded) == 0 {
+		t.Fatal("the 503 was not counted as overloaded")
+	}
+	if c.Paused(loop.PauseBudget)+c.Paused(loop.PauseInputFull)+c.Paused(loop.PauseYield) == 0 {
+		t.Fatal("no phone was paused")
+	}
+	close(stop)
+	// Pausing at the high mark keeps the relay under its limit: nothing
+	// was closed for the budget.
+	if n := c.Close(loop.CloseMemoryBudget); n != 0 || most.Load() > budget {
+		t.Fatalf("buffers peaked at %d B of a %d B budget, %d closed for it", most.Load(), budget, n)
+	}
+	t.Logf("peak %d B of a %d B budget; pauses for the budget %d", most.Load(), budget, c.Paused(loop.PauseBudget))
+
+	_ = deaf.Close()
+	waitFor(t, "buffers back under the high mark", func() bool { return buffered(c) < high })
+	if _, resp, err := dial(t, r.addr, "/v1/client", phoneHeaders("deaf-1")); err != nil {
+		t.Fatalf("upgrade after the pressure went: %v (response %v)", err, resp)
+	}
+}
+
+// At the budget itself the relay closes the connection holding the most
+// (here the binary that never reads, with its outbox) with 1013, and its
+// memory comes back.
+func TestMemoryBudgetLimitClosesLargestHolder(t *testing.T) {
+	const budget = 2 << 20
+	r := startRelay(t, loop.Config{MemoryBudgetBytes: budget, BinaryOutboxBytes: 256 << 20, PhonesPerServer: 64})
+	deafBinary(t, r.addr, "deaf-2")
+	c := r.Counters()
+	// Every phone connects first: past the high mark upgrades get 503.
+	var phones []*websocket.Conn
+	for range 40 {
+		p, _, err := bigFrameDialer.Dial("ws://"+r.addr+"/v1/client", phoneHeaders("deaf-2"))
+		if err != nil {
+			t.Fatalf("phone: %v", err)
+		}
+		t.Cleanup(func() { _ = p.Close() })
+		phones = append(phones, p)
+	}
+	// Then one message each, one whole frame, so no turn ends between
+	// frames and no pause holds them back: 8 MB for a binary that reads
+	// nothing, more than the kernel's buffers and the budget together.
+	for i, p := range phones {
+		if err := p.WriteMessage(websocket.TextMessage, paddedFrame(i, 200<<10)); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+	}
+	deadline := time.Now().Add(testTimeout)
+	for c.Close(loop.CloseMemoryBudget) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no close for the memory budget: buffered %d (outbox %d, staged %d, unread %d), pauses %d/%d, closes %v",
+				buffered(c), c.OutboxBytesQueued.Load(), c.StagedBytes.Load(), c.UnreadBytes.Load(),
+				c.Paused(loop.PauseBudget), c.Paused(loop.PauseInputFull), r.Counters().Close(loop.ClosePeer))
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	// The binary's outbox is discarded at once; its socket waits out the
+	// write timeout for the close frame it will never read.
+	waitFor(t, "the closed binary's memory back", func() bool { return buffered(c) < budget/2 })
+	t.Logf("closed for the budget: %d; buffered now %d B", c.Close(loop.CloseMemoryBudget), buffered(c))
 }

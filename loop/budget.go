@@ -108,6 +108,10 @@ func (b *memoryBudget) enforce() {
 		victim.srv.log.Warn("closing the largest buffer holder: memory budget reached",
 			"role", victim.role, "remote", victim.src, "held_bytes", most, "budget_bytes", b.limit)
 		victim.closeWith(CloseMemoryBudget, closeTryAgainLater, "relay over memory budget", true)
+		// A writer waiting on a full socket still holds the batch it took;
+		// it gives up now, so that memory comes back too (the close frame
+		// cannot get past that batch anyway).
+		victim.out.abortWait()
 	}
 }
 

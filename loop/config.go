@@ -164,7 +164,7 @@ func (c *Config) Defaults() {
 	setDefault(&c.PhoneOutboxBytes, DefaultPhoneOutboxBytes)
 	setDefault(&c.BinaryOutboxBytes, DefaultBinaryOutboxBytes)
 	setDefault(&c.MaxRequestHeaderBytes, DefaultMaxRequestHeaderBytes)
-	setDefault(&c.MaxInputBufferBytes, 2*c.MaxMessageBytes)
+	c.MaxInputBufferBytes = c.inputBuffer()
 	setDefault(&c.ReadWorkers, runtime.GOMAXPROCS(0))
 	setDefault(&c.ReadQueueDepth, DefaultReadQueueDepth)
 	setDefaultDuration(&c.ReadStallAfter, DefaultReadStallAfter)
@@ -191,6 +191,16 @@ func (c *Config) Defaults() {
 	}
 }
 
+// inputBuffer is MaxInputBufferBytes with its default filled in: two
+// largest messages, so a connection can hold one whole message while the
+// next arrives.
+func (c *Config) inputBuffer() int {
+	if c.MaxInputBufferBytes == 0 {
+		return 2 * c.MaxMessageBytes
+	}
+	return c.MaxInputBufferBytes
+}
+
 // Validate returns a one-line reason for the first unusable value.
 func (c *Config) Validate() error {
 	switch {
@@ -204,12 +214,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("phone-outbox-bytes must hold one largest message (%d), got %d", c.MaxMessageBytes+OutboxItemOverhead, c.PhoneOutboxBytes)
 	case c.BinaryOutboxBytes < c.MaxMessageBytes+OutboxItemOverhead+256:
 		return fmt.Errorf("binary-outbox-bytes must hold one largest envelope (%d), got %d", c.MaxMessageBytes+OutboxItemOverhead+256, c.BinaryOutboxBytes)
-	case c.MaxInputBufferBytes < c.MaxMessageBytes+maxFrameHeader || c.MaxInputBufferBytes > 1<<30:
-		return fmt.Errorf("max-input-buffer-bytes must be in %d (one largest message)..%d, got %d", c.MaxMessageBytes+maxFrameHeader, 1<<30, c.MaxInputBufferBytes)
+	case c.MaxInputBufferBytes != 0 && (c.MaxInputBufferBytes < c.MaxMessageBytes+maxFrameHeader || c.MaxInputBufferBytes > 1<<30):
+		return fmt.Errorf("max-input-buffer-bytes must be 0 (2 × max-message-bytes) or in %d (one largest message)..%d, got %d", c.MaxMessageBytes+maxFrameHeader, 1<<30, c.MaxInputBufferBytes)
 	case c.MemoryBudgetBytes < 0:
 		return fmt.Errorf("memory-budget-bytes must be 0 (off) or positive, got %d", c.MemoryBudgetBytes)
-	case c.MemoryBudgetBytes > 0 && c.MemoryBudgetBytes < int64(4*c.MaxInputBufferBytes):
-		return fmt.Errorf("memory-budget-bytes must be 0 (off) or at least 4 × max-input-buffer-bytes (%d), got %d", 4*c.MaxInputBufferBytes, c.MemoryBudgetBytes)
+	case c.MemoryBudgetBytes > 0 && c.MemoryBudgetBytes < int64(4*c.inputBuffer()):
+		return fmt.Errorf("memory-budget-bytes must be 0 (off) or at least 4 × max-input-buffer-bytes (%d), got %d", 4*c.inputBuffer(), c.MemoryBudgetBytes)
 	case c.MaxRequestHeaderBytes < 512:
 		return fmt.Errorf("max-request-header-bytes must be at least 512, got %d", c.MaxRequestHeaderBytes)
 	case c.ReadWorkers < 0 || c.ReadWorkers > maxReadWorkers:

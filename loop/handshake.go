@@ -110,6 +110,13 @@ func (c *conn) upgrade(req *wsframe.Request) {
 		c.reject(RejectDraining, 503, "")
 		return
 	}
+	if c.srv.budget.overHigh() {
+		// The relay's buffers are past the budget's high mark (budget.go):
+		// another connection would only add to them. 503 like the other
+		// capacity refusals, so balancers and clients retry elsewhere.
+		c.reject(RejectOverloaded, 503, "")
+		return
+	}
 	if int(c.srv.live.Add(1)) > c.srv.cfg.MaxConnections {
 		c.srv.live.Add(-1)
 		c.reject(RejectCapacity, 503, "")
@@ -222,7 +229,7 @@ func rejectOutcome(why RejectReason) UpgradeOutcome {
 		return UpgradeRejectRateLimit
 	case RejectNotUpgrade:
 		return UpgradeRejectNotUpgrade
-	case RejectCapacity, RejectDraining:
+	case RejectCapacity, RejectDraining, RejectOverloaded:
 		return UpgradeRejectCapacity
 	}
 	return UpgradeRejectHeaders

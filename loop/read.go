@@ -47,6 +47,12 @@ func (c *conn) onInput(nc netpoll.Connection) error {
 	_ = r.Skip(n)
 	err = r.Release()
 	c.noteUnread(r.Len()) // what arrived while this ran
+	if stop == pauseNone && used > 0 && c.upgraded && c.srv.budget.overHigh() {
+		// Over the budget's high mark every connection that brings input
+		// pauses, not only those with a turn's worth waiting: each frame it
+		// forwards adds to the relay's buffers.
+		stop = PauseBudget
+	}
 	if stop != pauseNone {
 		c.pause(nc, stop)
 	}

@@ -24,6 +24,15 @@ type roomWaiter struct {
 // the outbox's wmu.
 func (w *roomWaiter) wake() { _ = w.f.SetWriteDeadline(time.Unix(1, 0)) }
 
+// abortWait ends a writer's wait for room at once, failing its write.
+func (o *outbox) abortWait() {
+	o.wmu.Lock()
+	if o.waiter != nil {
+		o.waiter.wake()
+	}
+	o.wmu.Unlock()
+}
+
 // writeWaiting writes rest, the first buffer from byte skip on, waiting for
 // room as often as the socket fills, up to WriteTimeout in all.
 func (o *outbox) writeWaiting(rest []*bytebufferpool.ByteBuffer, skip int) error {
@@ -39,6 +48,9 @@ func (o *outbox) writeWaiting(rest []*bytebufferpool.ByteBuffer, skip int) error
 		return os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", errno)
 	}
 	w := &roomWaiter{f: os.NewFile(dup, "socket")} // non-blocking, so Go polls it
+	// The deadline is set before the waiter is published, so a wake (which
+	// moves it to the past) cannot be overwritten.
+	derr := w.f.SetWriteDeadline(time.Now().Add(o.c.srv.cfg.WriteTimeout))
 	o.waiter = w
 	o.wmu.Unlock()
 	defer func() {
@@ -47,8 +59,8 @@ func (o *outbox) writeWaiting(rest []*bytebufferpool.ByteBuffer, skip int) error
 		o.wmu.Unlock()
 		_ = w.f.Close()
 	}()
-	if err := w.f.SetWriteDeadline(time.Now().Add(o.c.srv.cfg.WriteTimeout)); err != nil {
-		return err
+	if derr != nil {
+		return derr
 	}
 	rc, err := w.f.SyscallConn()
 	if err != nil {

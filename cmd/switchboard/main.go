@@ -151,6 +151,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.cfg.MaxMessageBytes, "max-message-bytes", loop.DefaultMaxMessageBytes, "largest inbound message in bytes; larger is closed 1009")
 	fs.IntVar(&o.cfg.PhoneOutboxBytes, "phone-outbox-bytes", loop.DefaultPhoneOutboxBytes, "outbound budget per phone (frame length + 64 per frame); overflow closes the phone 1011")
 	fs.IntVar(&o.cfg.BinaryOutboxBytes, "binary-outbox-bytes", loop.DefaultBinaryOutboxBytes, "outbound budget per binary; the phone whose frame would overflow it is closed 1011")
+	fs.IntVar(&o.cfg.MaxInputBufferBytes, "max-input-buffer-bytes", 0,
+		"unparsed input one connection may hold; at it the relay stops reading that socket (TCP slows the sender) and reads it only as fast as it parses from then on; 0 means 2 × --max-message-bytes")
+	fs.Int64Var(&o.cfg.MemoryBudgetBytes, "memory-budget-bytes", loop.DefaultMemoryBudgetBytes,
+		"bytes all connection buffers (input and outboxes) may hold together; at 80% upgrades get 503 and large readers pause, at 100% the largest holder is closed 1013; 0 turns it off")
 	fs.IntVar(&o.cfg.MaxRequestHeaderBytes, "max-request-header-bytes", loop.DefaultMaxRequestHeaderBytes, "largest HTTP request head; larger gets 431")
 	fs.IntVar(&o.cfg.ReadWorkers, "read-workers", 0, "goroutines that parse and route what arrives on sockets (read tasks never block); 0 means one per CPU (GOMAXPROCS)")
 	fs.IntVar(&o.cfg.ReadQueueDepth, "read-queue-depth", loop.DefaultReadQueueDepth, "read tasks that may wait for a read worker; beyond it a task runs on a goroutine of its own (switchboard_read_tasks_spilled_total)")
