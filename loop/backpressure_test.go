@@ -265,3 +265,71 @@ func TestMemoryBudgetLimitClosesLargestHolder(t *testing.T) {
 	waitFor(t, "the closed binary's memory back", func() bool { return buffered(c) < budget/2 })
 	t.Logf("closed for the budget: %d; buffered now %d B", c.Close(loop.CloseMemoryBudget), buffered(c))
 }
+
+// Phones sending faster than their binary reads are slowed, not closed:
+// each one whose frame leaves the binary's outbox more than half full
+// pauses until the outbox drains, and every message still arrives, in
+// order per phone.
+func TestPhonesFasterThanTheirBinaryAreSlowedNotClosed(t *testing.T) {
+	const (
+		phones   = 4
+		messages = 150
+		size     = 32 << 10
+	)
+	r := startRelay(t, loop.Config{BinaryOutboxBytes: 1 << 20})
+	bin := r.binary(t, "busy-1")
+	var senders []*peer
+	for range phones {
+		senders = append(senders, r.phone(t, "busy-1"))
+	}
+	ids := map[string]int{}
+	for i, p := range senders {
+		ids[connIDOf(t, p, bin)] = i
+	}
+	errs := make(chan error, phones)
+	for i, p := range senders {
+		go func() {
+			for j := range messages {
+				if err := p.conn.WriteMessage(websocket.TextMessage, paddedFrame(i*100000+j, size)); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	next := make([]int, phones)
+	for n := range phones * messages {
+		env := bin.next(t)
+		if n%8 == 0 {
+			time.Sleep(time.Millisecond) // a binary slower than its phones
+		}
+		var got struct {
+			ConnID string `json:"conn_id"`
+			Frame  struct {
+				Seq int `json:"seq"`
+			} `json:"frame"`
+		}
+		if err := json.Unmarshal(env, &got); err != nil {
+			t.Fatalf("envelope %d: %v", n, err)
+		}
+		i, ok := ids[got.ConnID]
+		if !ok || got.Frame.Seq != i*100000+next[i] {
+			t.Fatalf("envelope %d: phone %q seq %d, want phone %d's message %d", n, got.ConnID, got.Frame.Seq, i, next[i])
+		}
+		next[i]++
+	}
+	for range phones {
+		if err := <-errs; err != nil {
+			t.Fatalf("a phone's writes failed: %v", err)
+		}
+	}
+	c := r.Counters()
+	t.Logf("parks %d; pauses: binary_busy %d, input_full %d, yield %d", c.Parks.Load(), c.Paused(loop.PauseBinaryBusy), c.Paused(loop.PauseInputFull), c.Paused(loop.PauseYield))
+	if n := c.Close(loop.CloseBinaryBacklog); n != 0 {
+		t.Fatalf("%d phones closed 1011 binary backlog full", n)
+	}
+	if c.Parks.Load() == 0 {
+		t.Fatal("no phone waited for its busy binary")
+	}
+}

@@ -73,8 +73,9 @@ type conn struct {
 
 // connState is the part of a connection's fate any goroutine may decide.
 type connState struct {
-	closing  atomic.Bool // a final frame is queued: inbound data is ignored
-	noNotice atomic.Bool // the binary asked for this phone's close
+	closing  atomic.Bool   // a final frame is queued: inbound data is ignored
+	noNotice atomic.Bool   // the binary asked for this phone's close
+	park     atomic.Uint32 // phone: waiting for its binary's outbox to drain (congestion.go)
 }
 
 // setClosing reports whether this call was the one that began the close.
@@ -145,8 +146,12 @@ func (c *conn) onClosed(nc netpoll.Connection) error {
 // cleanup releases what the connection holds once its socket is gone.
 func (c *conn) cleanup() {
 	c.gone.Store(true)
-	if c.out.close() {
+	heavy, parked := c.out.close()
+	if heavy {
 		c.srv.budget.forget(c)
+	}
+	if parked {
+		c.srv.unpark(c) // its phones read again (and find it gone)
 	}
 	c.releaseInput()
 	c.noteUnread(0)

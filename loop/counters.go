@@ -176,6 +176,7 @@ type Counters struct {
 	Pauses            [numPauseReasons]atomic.Uint64 // sockets taken out of netpoll's reading, by reason (once per connection)
 	DirectReadBytes   atomic.Uint64                  // bytes the relay read itself from paused sockets
 	PausedNow         atomic.Int64                   // sockets paused right now
+	Parks             atomic.Uint64                  // phones that stopped reading until their binary's outbox drained
 }
 
 // Drop returns how many frames were dropped for reason r.

@@ -100,6 +100,8 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 	}
 	m.family("switchboard_read_paused", "gauge", "Sockets paused right now: read by the relay at the pace it parses.")
 	m.value("", uint64(max(c.PausedNow.Load(), 0)))
+	m.family("switchboard_phone_parks_total", "counter", "Times a phone stopped reading because its binary's outbox was more than half full (it reads again at a quarter).")
+	m.value("", c.Parks.Load())
 	m.family("switchboard_direct_read_bytes_total", "counter", "Bytes the relay read itself from paused sockets.")
 	m.value("", c.DirectReadBytes.Load())
 	m.family("switchboard_write_waits_total", "counter", "Writes that found the peer's socket full and waited for room (slow readers).")

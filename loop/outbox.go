@@ -25,6 +25,7 @@ type outbox struct {
 	charged int                           // queued + being written, each frame at len + OutboxItemOverhead
 	running bool
 	heavy   bool // charged passed heavyOutboxBytes once: a memory budget candidate (budget.go)
+	parked  bool // binary: phones wait for this outbox to drain (congestion.go)
 	state   outboxState
 	after   afterWrite // what to do once the final frame is written
 	held    bool       // queue[0] is a 101 not yet taken by the writer
@@ -60,7 +61,8 @@ const (
 type pushResult uint8
 
 const (
-	pushed pushResult = iota
+	pushed          pushResult = iota
+	pushedCongested            // queued, and the outbox is now past congestedAbove (congestion.go)
 	pushOverflow
 	pushClosed
 )
@@ -87,7 +89,11 @@ func (o *outbox) push(b *bytebufferpool.ByteBuffer, slack int) pushResult {
 		putBuf(&framePool, b)
 		return pushOverflow
 	}
+	congested := o.charged+cost > o.limit/congestedAbove
 	o.enqueueLocked(b, cost)
+	if congested {
+		return pushedCongested
+	}
 	return pushed
 }
 
@@ -194,8 +200,15 @@ func (o *outbox) drain() {
 		putQueue(q)
 		o.mu.Lock()
 		o.charged -= cost
+		wake := o.parked && o.charged <= o.limit/uncongestedBelow
+		if wake {
+			o.parked = false
+		}
 		o.mu.Unlock()
 		o.c.srv.counters.OutboxBytesQueued.Add(-int64(cost))
+		if wake {
+			o.c.srv.unpark(o.c)
+		}
 		if err != nil {
 			// Leave running set: nothing more is written, and the close
 			// callback frees whatever is pushed meanwhile.
@@ -318,9 +331,10 @@ func (o *outbox) dropQueuedLocked() {
 // close runs in the connection's close callback: it frees what is queued and
 // fences the writer off the descriptor before it is closed. It reports
 // whether the memory budget watches this outbox.
-func (o *outbox) close() (heavy bool) {
+func (o *outbox) close() (heavy, parked bool) {
 	o.mu.Lock()
-	heavy = o.heavy
+	heavy, parked = o.heavy, o.parked
+	o.parked = false
 	o.state = outboxClosed
 	o.held = false // the socket is gone: nothing is written any more
 	o.dropQueuedLocked()
@@ -331,5 +345,5 @@ func (o *outbox) close() (heavy bool) {
 		o.waiter.wake() // a writer waiting for room gives up now
 	}
 	o.wmu.Unlock()
-	return heavy
+	return heavy, parked
 }

@@ -39,18 +39,20 @@ const budgetRecheck = 10 * time.Millisecond
 type PauseReason uint8
 
 const (
-	pauseNone      PauseReason = iota
-	PauseInputFull             // its input held reached MaxInputBufferBytes
-	PauseYield                 // it used a turn while other read tasks waited
-	PauseBudget                // the relay's buffers are over the memory budget's high mark
+	pauseNone       PauseReason = iota
+	PauseInputFull              // its input held reached MaxInputBufferBytes
+	PauseYield                  // it used a turn while other read tasks waited
+	PauseBudget                 // the relay's buffers are over the memory budget's high mark
+	PauseBinaryBusy             // phone: its binary's outbox is more than half full (congestion.go)
 	numPauseReasons
 )
 
 var pauseNames = [numPauseReasons]string{
-	pauseNone:      "none",
-	PauseInputFull: "input_full",
-	PauseYield:     "yield",
-	PauseBudget:    "memory_budget",
+	pauseNone:       "none",
+	PauseInputFull:  "input_full",
+	PauseYield:      "yield",
+	PauseBudget:     "memory_budget",
+	PauseBinaryBusy: "binary_busy",
 }
 
 func (r PauseReason) String() string { return pauseNames[r] }
@@ -81,6 +83,8 @@ func (c *conn) shouldPause(held int) PauseReason {
 		held += len(c.msg.B)
 	}
 	switch {
+	case c.state.park.Load() == parkAsked:
+		return PauseBinaryBusy
 	case held >= c.srv.cfg.MaxInputBufferBytes:
 		return PauseInputFull
 	case c.srv.budget.overHigh():
@@ -138,6 +142,9 @@ func (c *conn) pausedStep() (again bool) {
 	if c.closeAsked() {
 		c.endPaused()
 		return false
+	}
+	if c.state.park.CompareAndSwap(parkAsked, parkWaiting) {
+		return false // the binary's writer queues the next turn (congestion.go)
 	}
 	got, rerr := 0, error(nil)
 	switch {

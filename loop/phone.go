@@ -28,6 +28,9 @@ func (c *conn) phoneMessage(msg []byte) {
 	switch b.out.push(buf, 0) {
 	case pushed:
 		c.srv.counters.PhoneToBinary.Add(1)
+	case pushedCongested:
+		c.srv.counters.PhoneToBinary.Add(1)
+		c.srv.park(c, b) // this phone stops reading until b drains
 	case pushOverflow:
 		// The binary is not keeping up. This phone's frame cannot be queued,
 		// so this phone ends (it may redial); the binary and its other phones
@@ -47,7 +50,7 @@ func (c *conn) sendToPhone(p *conn, frame []byte) bool {
 	buf.B = wsframe.AppendServerHeader(buf.B, ws.OpText, len(frame))
 	buf.B = append(buf.B, frame...)
 	switch p.out.push(buf, 0) {
-	case pushed:
+	case pushed, pushedCongested:
 		c.srv.counters.BinaryToPhone.Add(1)
 		return true
 	case pushOverflow:

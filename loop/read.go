@@ -47,11 +47,16 @@ func (c *conn) onInput(nc netpoll.Connection) error {
 	_ = r.Skip(n)
 	err = r.Release()
 	c.noteUnread(r.Len()) // what arrived while this ran
-	if stop == pauseNone && used > 0 && c.upgraded && c.srv.budget.overHigh() {
-		// Over the budget's high mark every connection that brings input
-		// pauses, not only those with a turn's worth waiting: each frame it
-		// forwards adds to the relay's buffers.
-		stop = PauseBudget
+	if stop == pauseNone && used > 0 && c.upgraded {
+		switch {
+		case c.state.park.Load() == parkAsked:
+			stop = PauseBinaryBusy
+		case c.srv.budget.overHigh():
+			// Over the budget's high mark every connection that brings
+			// input pauses, not only those with a turn's worth waiting:
+			// each frame it forwards adds to the relay's buffers.
+			stop = PauseBudget
+		}
 	}
 	if stop != pauseNone {
 		c.pause(nc, stop)
@@ -135,6 +140,9 @@ func (c *conn) consume(data []byte, i, limit int) (used int, more bool) {
 		ws.Cipher(payload, h.Mask, 0)
 		i = end
 		c.frame(h, payload)
+		if c.state.park.Load() == parkAsked {
+			return i, i < len(data) // its binary is congested: stop here
+		}
 	}
 	if c.readDone {
 		return len(data), false

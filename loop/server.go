@@ -86,6 +86,7 @@ type Server struct {
 	pauser       readPauser
 	ready        *readyPoller // paused sockets waiting for input (readypoll.go)
 	budget       *memoryBudget
+	congestion   congestion // phones waiting for their binary's outbox to drain
 }
 
 // New builds a relay from cfg after filling defaults and validating it.

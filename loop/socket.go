@@ -38,7 +38,12 @@ func (c *conn) closeSocket() {
 			}
 			if c.sock.CompareAndSwap(s, s|sockCloseAsked) {
 				if s == sockPaused {
-					c.srv.ready.kick(c) // a turn waiting for input acts on it now
+					// A turn waiting for input or for its binary acts on it now.
+					if c.state.park.CompareAndSwap(parkWaiting, parkNone) {
+						c.queueStep()
+					} else {
+						c.srv.ready.kick(c)
+					}
 				}
 				return
 			}
