@@ -125,7 +125,7 @@ func (c *conn) paused(nc netpoll.Connection) {
 
 // queueStep queues one turn of a paused connection on the read workers.
 func (c *conn) queueStep() {
-	c.srv.tasks.run(func() {
+	c.srv.tasks.runLater(func() {
 		if c.pausedStep() {
 			c.queueStep()
 		}

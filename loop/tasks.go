@@ -38,6 +38,12 @@ import (
 //     arm it), so an idle or lightly loaded relay never wakes for it.
 type readTasks struct {
 	queue      chan func()
+	// later holds the turns of paused connections (pause.go), which are
+	// the ones that sent the most: workers take them only when queue is
+	// empty, or one in laterEvery, so a light connection's task never waits
+	// behind a flood, and the tasks of connections not yet paused start
+	// soon enough for netpoll to read little ahead of them.
+	later      chan func()
 	stallAfter int64 // nanoseconds
 	now        func() int64
 
@@ -63,6 +69,7 @@ func newReadTasks(workers, depth int, stallAfter time.Duration) *readTasks {
 func newReadTasksClock(workers, depth int, stallAfter time.Duration, now func() int64) *readTasks {
 	t := &readTasks{
 		queue:      make(chan func(), depth),
+		later:      make(chan func(), depth),
 		stallAfter: int64(stallAfter),
 		now:        now,
 	}
@@ -78,16 +85,51 @@ func newReadTasksClock(workers, depth int, stallAfter time.Duration, now func() 
 
 func (t *readTasks) work() {
 	defer t.workers.Done()
-	for {
-		t.idle.Add(1)
-		task, ok := <-t.queue
-		t.idle.Add(-1)
+	for n := 0; ; n++ {
+		var task func()
+		ok := true
+		if n%laterEvery != 0 {
+			select {
+			case task, ok = <-t.queue:
+			default:
+			}
+		}
+		if task == nil && ok {
+			t.idle.Add(1)
+			select {
+			case task, ok = <-t.queue:
+			case task, ok = <-t.later:
+			}
+			t.idle.Add(-1)
+		}
 		if !ok {
 			return
 		}
 		t.lastTake.Store(t.now())
 		task()
 	}
+}
+
+// laterEvery bounds how long paused connections' turns can wait while
+// light tasks keep every worker busy: one task in laterEvery may be theirs.
+const laterEvery = 8
+
+// runLater queues a paused connection's turn behind every waiting task (see
+// later), or starts it on a goroutine of its own when that queue is full or
+// the server has stopped. It never blocks.
+func (t *readTasks) runLater(task func()) {
+	t.sending.Add(1)
+	if !t.stopped.Load() {
+		select {
+		case t.later <- task:
+			t.sending.Add(-1)
+			return
+		default:
+			t.spilled.Add(1)
+		}
+	}
+	t.sending.Add(-1)
+	go task()
 }
 
 // run queues task for a worker, or starts it on a goroutine of its own when
@@ -174,6 +216,7 @@ func (t *readTasks) stop(patience time.Duration) bool {
 		runtime.Gosched()
 	}
 	close(t.queue)
+	close(t.later)
 	done := make(chan struct{})
 	go func() { t.workers.Wait(); close(done) }()
 	select {
