@@ -20,6 +20,7 @@ const (
 	modeIdle   = "idle"
 	modeActive = "active"
 	modeChurn  = "churn"
+	modeFlood  = "flood"
 )
 
 // Config is one run. Zero fields take the defaults below (see defaults).
@@ -42,6 +43,15 @@ type Config struct {
 	Drain           time.Duration // outstanding replies and close handshakes at the end
 	XFF             bool          // send a distinct X-Forwarded-For per connection
 	Progress        time.Duration // progress interval (1 s)
+
+	// --mode flood (flood.go).
+	Scenario     string
+	Flooders     int
+	CalmInterval time.Duration
+	CalmSize     int
+	RelayPID     int    // 0 = no RSS sampling
+	MaxRSS       int64  // abort cap on the relay's RSS
+	MetricsURL   string // the relay's /metrics; "" = not read
 
 	// Set by the parent for its workers (hidden flags).
 	WorkerIndex int // -1 outside a worker
@@ -84,6 +94,16 @@ func (c *Config) defaults() {
 		setInt(&c.Inflight, defaultRateCap)
 	}
 	setInt(&c.Inflight, defaultInflight)
+	if c.Mode == modeFlood {
+		setInt(&c.Size, defaultFloodSize)
+		setInt(&c.Procs, 1)
+		setInt(&c.Flooders, defaultFlooders)
+		setInt(&c.CalmSize, defaultCalmSize)
+		setDur(&c.CalmInterval, defaultCalmInterval)
+		if c.MaxRSS == 0 {
+			c.MaxRSS = defaultMaxRSS
+		}
+	}
 	setInt(&c.Size, defaultSize)
 	setInt(&c.SourceIPs, defaultSourceIPs)
 	setDur(&c.Hold, defaultHold)
@@ -141,6 +161,9 @@ func (c *Config) window() time.Duration {
 // window, and the drain and close phases with slack.
 func (c *Config) autoTimeout() time.Duration {
 	conns := float64(socketsFor(c.Phones, c.PhonesPerBinary))
+	if c.Mode == modeFlood {
+		conns = float64(2*c.Flooders + 2)
+	}
 	rate := c.ConnectRate
 	if rate <= 0 {
 		rate = 2000 // a guess for unpaced connects
@@ -151,8 +174,8 @@ func (c *Config) autoTimeout() time.Duration {
 
 func (c *Config) validate() error {
 	switch {
-	case c.Mode != modeIdle && c.Mode != modeActive && c.Mode != modeChurn:
-		return fmt.Errorf("--mode must be idle, active or churn, got %q", c.Mode)
+	case c.Mode != modeIdle && c.Mode != modeActive && c.Mode != modeChurn && c.Mode != modeFlood:
+		return fmt.Errorf("--mode must be idle, active, churn or flood, got %q", c.Mode)
 	case c.Phones < 1:
 		return fmt.Errorf("--phones must be at least 1, got %d", c.Phones)
 	case c.PhonesPerBinary < 1:
@@ -176,6 +199,9 @@ func (c *Config) validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return fmt.Errorf("--addr: %v", err)
+	}
+	if c.Mode == modeFlood {
+		return c.validateFlood()
 	}
 	// Each process must fit the open-file limit with its phones and binaries.
 	per := (c.Phones + c.Procs - 1) / c.Procs
@@ -220,7 +246,7 @@ func sourceAddrs(addr string, n int) []net.Addr {
 func flagSet(c *Config, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("swload", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.Mode, "mode", modeIdle, "idle | active | churn")
+	fs.StringVar(&c.Mode, "mode", modeIdle, "idle | active | churn | flood")
 	fs.StringVar(&c.Addr, "addr", defaultAddr, "relay address host:port (the only address dialled)")
 	fs.IntVar(&c.Phones, "phones", defaultPhones, "phones (idle, active); concurrent phone slots (churn)")
 	fs.IntVar(&c.PhonesPerBinary, "phones-per-binary", defaultPerBinary, "phones per server-id / binary")
@@ -229,7 +255,7 @@ func flagSet(c *Config, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.Duration, "duration", defaultDuration, "active, churn: how long to send / churn")
 	fs.IntVar(&c.Inflight, "inflight", defaultInflight, fmt.Sprintf("active: messages in flight per phone; with --rate, the most a phone may have outstanding (default there %d)", defaultRateCap))
 	fs.Float64Var(&c.Rate, "rate", 0, "active: open loop, R messages per second over all phones on a fixed schedule, latency from the scheduled time (0 = closed loop)")
-	fs.IntVar(&c.Size, "size", defaultSize, fmt.Sprintf("phone frame size in bytes (a JSON object, %d..%d)", minPayload, maxPayload))
+	fs.IntVar(&c.Size, "size", defaultSize, fmt.Sprintf("phone frame size in bytes (a JSON object, %d..%d); flood: each flood message's size, default %d (200 KiB)", minPayload, maxPayload, defaultFloodSize))
 	fs.IntVar(&c.SourceIPs, "source-ips", defaultSourceIPs, "bind source addresses 127.0.0.2 … 127.0.0.(N+1) round-robin (loopback targets only; 0 = don't)")
 	fs.IntVar(&c.Procs, "procs", 1, "worker processes (0 = enough to keep each under ~19,000 sockets)")
 	fs.DurationVar(&c.Timeout, "timeout", 0, "hard limit on the whole run (0 = derived from the other flags)")
@@ -238,11 +264,19 @@ func flagSet(c *Config, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.Drain, "drain", defaultDrain, "at the end: wait this long for outstanding replies and for each close handshake")
 	fs.BoolVar(&c.XFF, "xff", false, "send a distinct X-Forwarded-For per connection (for relays with per-IP limits and forwarded headers trusted)")
 	fs.DurationVar(&c.Progress, "progress", time.Second, "progress line interval on stderr")
+	fs.StringVar(&c.Scenario, "scenario", "", "flood: "+scenBinariesToPhones+" | "+scenPhonesToBinary+" | "+scenDeafBinary)
+	fs.IntVar(&c.Flooders, "flooders", defaultFlooders, "flood: flooding binaries ("+scenBinariesToPhones+") or phones (the others, --phones-per-binary to a binary)")
+	fs.DurationVar(&c.CalmInterval, "calm-interval", defaultCalmInterval, "flood: the calm phone sends one message this often")
+	fs.IntVar(&c.CalmSize, "calm-size", defaultCalmSize, fmt.Sprintf("flood: the calm phone's message size in bytes (%d..%d)", minPayload, maxCalmSize))
+	fs.IntVar(&c.RelayPID, "relay-pid", 0, "flood: sample this process's VmRSS every 100 ms (0 = don't)")
+	c.MaxRSS = defaultMaxRSS
+	fs.Var(byteSize{&c.MaxRSS}, "max-rss", "flood: stop the flooders when the relay's RSS passes this (bytes, or with KiB/MiB/GiB)")
+	fs.StringVar(&c.MetricsURL, "metrics-url", "", "flood: the relay's /metrics (loopback http://), sampled every 250 ms")
 	fs.IntVar(&c.WorkerIndex, "worker-index", -1, "internal: run as worker N of --procs")
 	fs.StringVar(&c.RunID, "run-id", "", "internal: run identifier shared by the workers (server-ids embed it)")
 	hidden := map[string]bool{"worker-index": true, "run-id": true}
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: swload --mode idle|active|churn [flags]  (see go doc switchboard/cmd/swload)")
+		fmt.Fprintln(stderr, "usage: swload --mode idle|active|churn|flood [flags]  (see go doc switchboard/cmd/swload)")
 		fs.VisitAll(func(f *flag.Flag) {
 			if hidden[f.Name] {
 				return
@@ -268,16 +302,20 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	if c.Rate > 0 && !set["inflight"] {
 		c.Inflight = defaultRateCap
 	}
+	if c.Mode == modeFlood && !set["size"] {
+		c.Size = defaultFloodSize
+	}
 	// Flag defaults are real values, so a zero here was asked for: it is an
 	// error, except where the flag text gives zero a meaning (source-ips 0 =
 	// don't bind, procs 0 and timeout 0 = derive, connect-rate 0 = unpaced).
-	for name, v := range map[string]int{"phones": c.Phones, "phones-per-binary": c.PhonesPerBinary, "inflight": c.Inflight, "size": c.Size} {
+	for name, v := range map[string]int{"phones": c.Phones, "phones-per-binary": c.PhonesPerBinary, "inflight": c.Inflight, "size": c.Size,
+		"flooders": c.Flooders, "calm-size": c.CalmSize} {
 		if v == 0 {
 			return c, fmt.Errorf("--%s must be positive", name)
 		}
 	}
 	for name, v := range map[string]time.Duration{"hold": c.Hold, "duration": c.Duration, "dial-timeout": c.DialTimeout,
-		"reply-timeout": c.ReplyTimeout, "drain": c.Drain, "progress": c.Progress} {
+		"reply-timeout": c.ReplyTimeout, "drain": c.Drain, "progress": c.Progress, "calm-interval": c.CalmInterval} {
 		if v == 0 {
 			return c, fmt.Errorf("--%s must be positive", name)
 		}

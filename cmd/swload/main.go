@@ -31,6 +31,8 @@
 //	--mode churn   phones connect, send one frame, get the echo and close (with a
 //	               close handshake), repeatedly, at --connect-rate per second for
 //	               --duration, using at most --phones concurrent phone slots.
+//	--mode flood   peers that write as fast as loopback allows, beside a calm pair
+//	               (see Floods below).
 //
 // Every phone frame is a JSON object of exactly --size bytes:
 // {"c":<phone id>,"p":"<padding>","s":<sequence>}.
@@ -47,6 +49,46 @@
 // fixed log buckets, so the merge is exact) as JSON lines to the parent, which
 // prints the merged progress and summary. Workers connect, then wait for each
 // other before the window opens.
+//
+// # Floods
+//
+// --mode flood --scenario S runs one hostile-but-honest load for --duration
+// (in one process; loopback targets only):
+//
+//	binaries-to-phones  --flooders N binaries, each with one phone that reads
+//	                    normally; each binary writes --size byte (default
+//	                    200 KiB) envelopes {"conn_id":"<its phone>","frame":{…}}
+//	                    back to back. Every frame the phone gets is compared
+//	                    byte for byte.
+//	phones-to-binary    N phones (--phones-per-binary to a binary, so 16 phones
+//	                    are one binary) flooding --size byte JSON messages toward
+//	                    binaries that read normally and check each envelope.
+//	deaf-binary         the same phones, toward binaries that complete the
+//	                    handshake and then never read their socket.
+//
+// A flooding phone the relay disconnects dials again after 100 ms (at most
+// 1,000 times) while the window lasts; a flooding binary does not. Beside
+// the flood, on its own server-id, a calm pair: a binary echoing envelopes
+// and a phone sending a --calm-size (64) byte message every --calm-interval
+// (10 ms), each round trip timed from its scheduled send time; the result
+// gives count, p50, p99 and max, and how many were lost (no reply by the
+// end of the drain) or late (over 1 s).
+//
+// --relay-pid P samples the relay's VmRSS from /proc/P/status every 100 ms
+// (peak, at window start and end, and after the drain); past --max-rss
+// (default 4GiB) the flooders are stopped at once and the run says ABORTED.
+// --metrics-url (the relay's admin /metrics) is sampled every 250 ms: peak
+// switchboard_buffered_bytes and switchboard_read_paused, and at the end
+// switchboard_read_pauses_total, switchboard_closes_total and
+// switchboard_drops_total by reason. Flooders and receivers the relay
+// disconnected are counted by close code (close_<code>, or the socket error).
+// At the end the flooders finish the message in hand and the receivers get
+// up to --drain to catch up: what never arrived is "undelivered". The
+// SWLOAD_RESULT line carries a "flood" object with all of it; its latency_us,
+// round_trips and sends are the calm pair's. Exit status 1 also when the cap
+// was hit, a calm message was lost, or (except for deaf-binary, whose peers
+// the relay may rightly close) an honest peer was disconnected or a flood
+// message lost. bench/flood.sh runs the standard set against a fresh relay.
 //
 // # Output
 //
@@ -98,6 +140,10 @@
 //
 //	# the goroutine-per-connection baseline relay, same load
 //	/tmp/swload --addr 127.0.0.1:8081 --mode active --phones 256 --inflight 16
+//
+//	# 10 binaries flooding 200 KiB envelopes at their phones, relay RSS and metrics
+//	/tmp/swload --mode flood --scenario binaries-to-phones --flooders 10 --duration 10s \
+//	    --relay-pid $(pgrep -nx switchboard) --metrics-url http://127.0.0.1:9090/metrics
 //
 //	# just the numbers
 //	/tmp/swload --mode active --phones 64 2>/dev/null | grep '^SWLOAD_RESULT ' | cut -d' ' -f2- | jq .throughput_per_s
@@ -158,7 +204,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch {
-	case res.ErrorCount() > 0 || res.WorkerFailures > 0 || res.TimedOut:
+	case res.ErrorCount() > 0 || res.WorkerFailures > 0 || res.TimedOut || (res.Flood != nil && res.Flood.Failed()):
 		return 1
 	case res.Interrupted:
 		return 130

@@ -60,6 +60,8 @@ type Result struct {
 	Interrupted    bool `json:"interrupted"`
 	TimedOut       bool `json:"timed_out"`
 	WorkerFailures int  `json:"worker_failures"`
+
+	Flood *FloodResult `json:"flood,omitempty"` // --mode flood
 }
 
 // fill copies the engine's counters into r (after the run ended).
@@ -234,6 +236,7 @@ type Summary struct {
 	Interrupted       bool             `json:"interrupted"`
 	TimedOut          bool             `json:"timed_out"`
 	WorkerFailures    int              `json:"worker_failures"`
+	Flood             *FloodResult     `json:"flood,omitempty"` // --mode flood: latency_us, round_trips and sends are the calm pair's
 }
 
 // Summary condenses r for the result line.
@@ -253,6 +256,7 @@ func (r *Result) Summary() Summary {
 		CloseNotices: r.CloseNotices,
 		CPUUserS:     round3(r.CPUUserS), CPUSysS: round3(r.CPUSysS),
 		Interrupted: r.Interrupted, TimedOut: r.TimedOut, WorkerFailures: r.WorkerFailures,
+		Flood: r.Flood,
 	}
 	if r.RoundTrips > 0 && r.Mode != modeIdle {
 		s.CPUPerRoundTripUS = round3((r.CPUUserS + r.CPUSysS) * 1e6 / float64(r.RoundTrips))
@@ -272,6 +276,10 @@ func round3(v float64) float64 { return float64(int64(v*1000+0.5)) / 1000 }
 // writeReport prints the human table and the SWLOAD_RESULT line.
 func writeReport(w io.Writer, r *Result) {
 	s := r.Summary()
+	if s.Flood != nil {
+		writeFloodReport(w, s)
+		return
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	row := func(k, f string, a ...any) { fmt.Fprintf(tw, "  %s\t"+f+"\n", append([]any{k}, a...)...) }
 	fmt.Fprintf(tw, "swload %s against %s: %d phones on %d binaries, %d process(es)\n", s.Mode, s.Addr, s.Phones, s.Binaries, s.Procs)
@@ -409,4 +417,69 @@ func (pp *progressPrinter) print(p progress) {
 	}
 	fmt.Fprintf(pp.w, "  errors %d  connect-failures %d\n", p.Errors, p.ConnFail)
 	pp.last, pp.lastRT, pp.lastCy, pp.lastSent = now, p.RoundTrips, p.Cycles, p.Sends
+}
+
+// writeFloodReport prints --mode flood's table and result line.
+func writeFloodReport(w io.Writer, s Summary) {
+	f := s.Flood
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(k, fm string, a ...any) { fmt.Fprintf(tw, "  %s\t"+fm+"\n", append([]any{k}, a...)...) }
+	who := "binaries"
+	if f.Scenario != scenBinariesToPhones {
+		who = "phones"
+	}
+	fmt.Fprintf(tw, "swload flood %s against %s: %d flooding %s, %d receivers, %d-byte messages, %.2f s\n",
+		f.Scenario, s.Addr, f.Flooders, who, f.Receivers, f.Size, s.DurationS)
+	row("connects", "%d of %d flooders (and the calm pair)", s.ConnectsOK, s.ConnectsAttempted)
+	row("connect failures", "%s", kindsText(s.ConnectFailures))
+	row("flood sent", "%d messages, %s (%.1f MB/s offered)", f.Sent, mib(f.SentBytes), f.OfferedMBps)
+	if f.Scenario == scenDeafBinary {
+		row("flood delivered", "%d (the binary never reads)", f.Received)
+	} else {
+		row("flood delivered", "%d messages, %s (%.1f MB/s); undelivered at the end %d", f.Received, mib(f.ReceivedBytes), f.DeliveredMBps, f.Undelivered)
+	}
+	if f.CutAtEnd > 0 {
+		row("cut at end", "%d writes still blocked when the drain ran out", f.CutAtEnd)
+	}
+	row("flooder disconnects", "%s", kindsText(f.FlooderDisconnects))
+	row("receiver disconnects", "%s", kindsText(f.ReceiverDisconnects))
+	if f.Redials > 0 {
+		row("redials", "%d", f.Redials)
+	}
+	c := f.Calm
+	row("calm pair", "%d replies of %d sent (every %g ms, %d B): p50 %.0f µs  p99 %.0f µs  max %.0f µs; lost %d, late (>1 s) %d",
+		c.Replies, c.Sent, c.IntervalMS, c.Size, c.P50US, c.P99US, c.MaxUS, c.Lost, c.Late)
+	if f.RSS.PID > 0 {
+		row("relay RSS", "peak %s (at %+.1f s), window start %s, end %s, final %s; %d samples; cap %s",
+			mib(f.RSS.PeakBytes), f.RSS.PeakAtS, mib(f.RSS.StartBytes), mib(f.RSS.EndBytes), mib(f.RSS.FinalBytes), f.RSS.Samples, mib(f.RSS.CapBytes))
+	} else {
+		row("relay RSS", "not sampled (no --relay-pid)")
+	}
+	if m := f.Metrics; m != nil {
+		num := func(v int64, text string) string {
+			if v < 0 {
+				return "n/a"
+			}
+			return text
+		}
+		row("relay buffered", "peak %s (switchboard_buffered_bytes), paused sockets peak %s",
+			num(m.BufferedBytesPeak, mib(m.BufferedBytesPeak)), num(m.ReadPausedPeak, fmt.Sprint(m.ReadPausedPeak)))
+		row("relay read pauses", "%s %s", num(m.ReadPausesTotal, fmt.Sprint(m.ReadPausesTotal)), kindsText(m.ReadPauses))
+		row("relay closes", "%s", kindsText(m.Closes))
+		row("relay drops", "%s", kindsText(m.Drops))
+		row("metrics samples", "%d (%d failed)", m.Samples, m.FetchErrors)
+	}
+	row("errors", "%s", kindsText(s.Errors))
+	row("generator CPU", "user %.2f s + sys %.2f s", s.CPUUserS, s.CPUSysS)
+	switch {
+	case f.Aborted:
+		row("ended", "ABORTED: relay RSS passed --max-rss %s, flooders stopped", mib(f.RSS.CapBytes))
+	case s.Interrupted:
+		row("ended", "interrupted")
+	case s.TimedOut:
+		row("ended", "hit --timeout")
+	}
+	_ = tw.Flush()
+	line, _ := json.Marshal(s)
+	fmt.Fprintf(w, "%s%s\n", ResultPrefix, line)
 }

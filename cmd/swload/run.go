@@ -27,7 +27,11 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) (*Result, er
 		return nil, err
 	}
 	var res *Result
-	if cfg.Procs == 1 {
+	if cfg.Mode == modeFlood {
+		rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		res = runFlood(rctx, cfg, stderr)
+		cancel()
+	} else if cfg.Procs == 1 {
 		rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 		res = runLocal(rctx, cfg, stderr)
 		cancel()
