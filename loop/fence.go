@@ -21,9 +21,17 @@ import (
 // any connection. wait writes a byte to each far end and returns once each
 // near end's read task has run: that poller has then fetched a new batch
 // after the write, so it has finished every batch fetched before it.
+//
+// Rounds are shared: every caller waits for the first round that starts
+// after its call, so many connections pausing at once (a flood of phones)
+// cost one round, not one each.
 type pollerFence struct {
-	mu    sync.Mutex // one fence at a time: a later one must start after its caller's detach
 	pairs []fencePair
+
+	mu      sync.Mutex
+	turn    sync.Cond // signalled when a round ends
+	started uint64    // rounds started
+	done    uint64    // rounds finished
 }
 
 type fencePair struct {
@@ -38,6 +46,7 @@ var fenceByte = []byte{1}
 // before the relay accepts any, land one on each poller.
 func newPollerFence(pollers int) (*pollerFence, error) {
 	f := &pollerFence{}
+	f.turn.L = &f.mu
 	for range pollers {
 		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
 		if err != nil {
@@ -70,6 +79,26 @@ func newPollerFence(pollers int) (*pollerFence, error) {
 func (f *pollerFence) wait() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// A round in progress began before this call and proves nothing for
+	// it: the first round that can is the next one to start.
+	need := f.started + 1
+	for f.done < need {
+		if f.started == f.done { // no round running: run one
+			f.started++
+			f.mu.Unlock()
+			f.round()
+			f.mu.Lock()
+			f.done++
+			f.turn.Broadcast()
+			continue
+		}
+		f.turn.Wait()
+	}
+}
+
+// round writes a byte to every pair and waits until each poller has seen
+// its own.
+func (f *pollerFence) round() {
 	for _, p := range f.pairs {
 		for {
 			_, err := syscall.Write(p.far, fenceByte)

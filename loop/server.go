@@ -63,6 +63,9 @@ func init() {
 func runTask(ctx context.Context, task func()) {
 	if c, ok := ctx.(*conn); ok {
 		c.srv.tasks.run(task)
+		if c.srv.tasks.queued() > 0 {
+			runtime.Gosched()
+		}
 		return
 	}
 	go task()

@@ -94,11 +94,13 @@ func (t *readTasks) work() {
 			default:
 			}
 		}
+		later := false
 		if task == nil && ok {
 			t.idle.Add(1)
 			select {
 			case task, ok = <-t.queue:
 			case task, ok = <-t.later:
+				later = true
 			}
 			t.idle.Add(-1)
 		}
@@ -107,6 +109,13 @@ func (t *readTasks) work() {
 		}
 		t.lastTake.Store(t.now())
 		task()
+		if later {
+			// A flood's turn: let the goroutines it made runnable (the
+			// writers of the frames it queued, other connections' writers)
+			// have the processor now rather than at the scheduler's next
+			// preemption, up to 10 ms away while turns keep coming.
+			runtime.Gosched()
+		}
 	}
 }
 
