@@ -2,10 +2,12 @@ package loop_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -332,4 +334,65 @@ func TestPhonesFasterThanTheirBinaryAreSlowedNotClosed(t *testing.T) {
 	if c.Parks.Load() == 0 {
 		t.Fatal("no phone waited for its busy binary")
 	}
+}
+
+// Paused connections hold no goroutine, and end cleanly whichever way they
+// end: their peer dropping TCP while they wait, or the relay shutting down
+// (1001 reaches a paused phone at once, and its answer is read).
+func TestPausedConnectionsEndCleanly(t *testing.T) {
+	const phones = 12
+	r := startRelay(t, loop.Config{BinaryOutboxBytes: 1 << 20, PhonesPerServer: phones})
+	deaf := deafBinary(t, r.addr, "paused-1")
+	var ps []*peer
+	for range phones {
+		ps = append(ps, r.phone(t, "paused-1"))
+	}
+	before := runtime.NumGoroutine()
+	// Each phone writes until TCP stops taking its writes: the relay has
+	// paused it. Its writer stays blocked in the test, not in the relay.
+	for i, p := range ps {
+		go func() {
+			for j := range 2000 {
+				if p.conn.WriteMessage(websocket.TextMessage, paddedFrame(i*10000+j, 16<<10)) != nil {
+					return
+				}
+			}
+		}()
+	}
+	c := r.Counters()
+	waitFor(t, "every phone paused", func() bool { return c.PausedNow.Load() == phones })
+	// The relay runs no goroutine for a paused connection: beyond the
+	// test's own flooders (one each) at most a writer or two finishing.
+	if after := runtime.NumGoroutine(); after > before+phones+2 {
+		t.Fatalf("%d goroutines with %d phones paused, %d before they flooded (+%d flooders)", after, phones, before, phones)
+	}
+
+	// A third drop their TCP connection while paused.
+	for _, p := range ps[:phones/3] {
+		_ = p.conn.UnderlyingConn().Close()
+	}
+	// The relay shuts down: every paused phone gets 1001 and answers it.
+	start := time.Now()
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		defer cancel()
+		shut <- r.Shutdown(ctx)
+	}()
+	for _, p := range ps[phones/3:] {
+		if code, _ := p.closed(t); code != 1001 {
+			t.Fatalf("paused phone closed with %d, want 1001", code)
+		}
+	}
+	waitFor(t, "the phones' connections ended", func() bool { return r.Live() <= 1 })
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("paused phones took %v to end after shutdown began: a linger was waited out", d)
+	}
+	_ = deaf.Close() // the binary never reads its 1001: let the drain end
+	if err := <-shut; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	waitFor(t, "nothing paused or held", func() bool {
+		return c.PausedNow.Load() == 0 && c.StagedBytes.Load() == 0 && r.Live() == 0
+	})
 }

@@ -86,6 +86,19 @@ func (s *connState) setClosing(noNotice bool) (first bool) {
 	return s.closing.CompareAndSwap(false, true)
 }
 
+// startClosing marks the close begun and reports whether this call began
+// it. A phone parked for its busy binary (congestion.go) reads again from
+// here, its data ignored: it must see the peer's answer to the close.
+func (c *conn) startClosing(noNotice bool) bool {
+	if !c.state.setClosing(noNotice) {
+		return false
+	}
+	if c.state.park.Swap(parkNone) == parkWaiting {
+		c.queueStep()
+	}
+	return true
+}
+
 // closeWith sends a close frame with code and reason and ends the connection
 // after the peer answers or CloseLinger passes. Any goroutine may call it;
 // only the first call per connection has an effect. With discard, frames
@@ -95,7 +108,7 @@ func (c *conn) closeWith(why CloseReason, code uint16, reason string, discard bo
 }
 
 func (c *conn) closeWithNotice(why CloseReason, code uint16, reason string, discard, noNotice bool) {
-	if !c.state.setClosing(noNotice) {
+	if !c.startClosing(noNotice) {
 		return
 	}
 	c.srv.counters.Closes[why].Add(1)
@@ -107,7 +120,7 @@ func (c *conn) closeWithNotice(why CloseReason, code uint16, reason string, disc
 
 // echoClose answers the peer's close frame and closes once it is written.
 func (c *conn) echoClose(code uint16) {
-	if !c.state.setClosing(false) {
+	if !c.startClosing(false) {
 		return
 	}
 	c.srv.counters.Closes[ClosePeer].Add(1)

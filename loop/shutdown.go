@@ -71,7 +71,7 @@ func (s *Server) stop() error {
 // shutdownClose sends 1001 `shutting down`. The peer's answer (or the
 // linger deadline) ends the connection as for any close the relay starts.
 func (c *conn) shutdownClose() {
-	if !c.state.setClosing(true) {
+	if !c.startClosing(true) {
 		return
 	}
 	c.srv.counters.Closes[CloseShutdown].Add(1)
