@@ -37,7 +37,7 @@ var logKeys = map[string]bool{
 	"time": true, "level": true, "msg": true,
 	"role": true, "remote": true, "source": true, "reason": true, "code": true, "status": true,
 	"err": true, "server_id": true, "conn_id": true, "device": true, "reclaimed_phones": true,
-	"binaries": true, "phones": true, "still_open": true,
+	"binaries": true, "phones": true, "still_open": true, "held_bytes": true, "budget_bytes": true,
 }
 
 func TestLogsCarryNoSecretsAndOnlyKnownKeys(t *testing.T) {
