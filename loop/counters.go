@@ -1,30 +1,41 @@
 package loop
 
-import "sync/atomic"
+import (
+	"fmt"
+	"sync/atomic"
+)
 
 // DropReason names why a frame or envelope was not delivered. Every drop is
 // counted under exactly one reason.
 type DropReason int
 
 const (
-	DropBadEnvelope   DropReason = iota // binary sent something that is not a valid envelope
-	DropUnknownConnID                   // envelope names no live phone of that binary's server-id
-	DropPhoneClosing                    // target phone is already closing or gone
-	DropPushWakeOff                     // push_wake asked for, push is not configured
-	DropBinaryGone                      // phone sent while its server-id has no live binary
-	DropBinaryBacklog                   // binary's outbox was full; the sending phone is closed
-	DropPhoneBacklog                    // phone's outbox overflowed; pending frames discarded
+	DropBadEnvelope      DropReason = iota // binary sent something that is not a valid envelope
+	DropUnknownConnID                      // envelope names no live phone of that binary's server-id
+	DropPhoneClosing                       // target phone is already closing or gone
+	DropPushWakeOff                        // push_wake asked for, push is not configured
+	DropBinaryGone                         // phone sent while its server-id has no live binary
+	DropBinaryBacklog                      // binary's outbox was full; the sending phone is closed
+	DropPhoneBacklog                       // phone's outbox overflowed: the frame that did not fit (those queued before it: DropDiscardedOnClose)
+	DropCloseNoticeLost                    // a close notice not queued: its binary's outbox is closed (gone, in grace, closing) or past noticeSlack
+	DropPongOverflow                       // a pong did not fit in the outbox's budget plus controlSlack
+	DropPingOverflow                       // a heartbeat ping did not fit in the outbox's budget plus controlSlack
+	DropDiscardedOnClose                   // queued but never written: the connection closed, or a final frame superseded it
 	numDropReasons
 )
 
 var dropReasonNames = [numDropReasons]string{
-	DropBadEnvelope:   "bad_envelope",
-	DropUnknownConnID: "unknown_conn_id",
-	DropPhoneClosing:  "phone_closing",
-	DropPushWakeOff:   "push_wake_off",
-	DropBinaryGone:    "binary_gone",
-	DropBinaryBacklog: "binary_backlog_full",
-	DropPhoneBacklog:  "phone_backlog_full",
+	DropBadEnvelope:      "bad_envelope",
+	DropUnknownConnID:    "unknown_conn_id",
+	DropPhoneClosing:     "phone_closing",
+	DropPushWakeOff:      "push_wake_off",
+	DropBinaryGone:       "binary_gone",
+	DropBinaryBacklog:    "binary_backlog_full",
+	DropPhoneBacklog:     "phone_backlog_full",
+	DropCloseNoticeLost:  "close_notice_lost",
+	DropPongOverflow:     "pong_overflow",
+	DropPingOverflow:     "ping_overflow",
+	DropDiscardedOnClose: "discarded_on_close",
 }
 
 func (r DropReason) String() string { return dropReasonNames[r] }
@@ -149,6 +160,48 @@ var upgradeOutcomeNames = [numUpgradeOutcomes]string{
 }
 
 func (o UpgradeOutcome) String() string { return upgradeOutcomeNames[o] }
+
+// Every reason is a metric label (metrics.go iterates the names), so a
+// reason added without a name, or with another's name, would export an
+// empty or a duplicate series. The relay refuses to start instead.
+func init() {
+	if err := checkReasonNames(); err != nil {
+		panic(err)
+	}
+}
+
+func checkReasonNames() error {
+	for _, set := range [...]struct {
+		kind  string
+		names []string
+	}{
+		{"DropReason", dropReasonNames[:]},
+		{"CloseReason", closeReasonNames[:]},
+		{"RejectReason", rejectReasonNames[:]},
+		{"UpgradeOutcome", upgradeOutcomeNames[:]},
+		{"PauseReason", pauseNames[:]},
+	} {
+		if err := checkNames(set.kind, set.names); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkNames requires every name to be non-empty and distinct.
+func checkNames(kind string, names []string) error {
+	seen := make(map[string]int, len(names))
+	for i, n := range names {
+		if n == "" {
+			return fmt.Errorf("loop: %s %d has no metric name", kind, i)
+		}
+		if j, dup := seen[n]; dup {
+			return fmt.Errorf("loop: %s %d and %d share the metric name %q", kind, j, i, n)
+		}
+		seen[n] = i
+	}
+	return nil
+}
 
 // Counters is the relay's running tally. Fields are updated with atomics on
 // the hot path and read by the metrics exporter and by tests.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	"github.com/valyala/bytebufferpool"
 
 	"switchboard/wsframe"
 )
@@ -109,10 +110,25 @@ func nonZero(a, b int64) int64 {
 	return min(a, b)
 }
 
+// sendPing queues a heartbeat ping. A peer so far behind that even
+// controlSlack is spent gets none (counted): it has not read what was sent
+// before, and PongTimeout (or WriteTimeout) ends it all the same.
 func (c *conn) sendPing() {
 	b := framePool.Get()
 	b.B = wsframe.AppendServerHeader(b.B, ws.OpPing, 0)
-	c.out.push(b, controlSlack)
+	c.pushControl(b, controlSlack, DropPingOverflow)
+}
+
+// pushControl queues a ping or pong and counts it if it is dropped: as
+// overflow when the budget plus slack is spent, as discarded when the
+// connection is already closing.
+func (c *conn) pushControl(b *bytebufferpool.ByteBuffer, slack int, overflow DropReason) {
+	switch c.out.push(b, slack) {
+	case pushOverflow:
+		c.srv.counters.Drops[overflow].Add(1)
+	case pushClosed:
+		c.srv.counters.Drops[DropDiscardedOnClose].Add(1)
+	}
 }
 
 // startHeartbeat books the first ping. It lands at a random point in the

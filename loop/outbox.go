@@ -75,7 +75,9 @@ func (o *outbox) init(c *conn, limit int) {
 }
 
 // push queues one whole frame and takes ownership of b in every case. slack
-// lets small control messages exceed the budget by a bounded amount.
+// lets small control messages exceed the budget by a bounded amount. It
+// never counts a drop: the caller knows what b was and counts it under its
+// reason.
 func (o *outbox) push(b *bytebufferpool.ByteBuffer, slack int) pushResult {
 	cost := len(b.B) + OutboxItemOverhead
 	o.mu.Lock()
@@ -191,7 +193,7 @@ func (o *outbox) drain() {
 		o.mu.Unlock()
 
 		batch := *q
-		cost, err := o.write(batch)
+		cost, unsent, err := o.write(batch)
 		o.c.srv.counters.Flushes.Add(1)
 		o.c.srv.counters.FramesFlushed.Add(uint64(len(batch)))
 		for _, b := range batch {
@@ -211,7 +213,9 @@ func (o *outbox) drain() {
 		}
 		if err != nil {
 			// Leave running set: nothing more is written, and the close
-			// callback frees whatever is pushed meanwhile.
+			// callback frees whatever is pushed meanwhile. The frames of
+			// this batch not written whole are lost with the connection.
+			o.c.srv.counters.Drops[DropDiscardedOnClose].Add(uint64(unsent))
 			o.c.writeFailed(err)
 			return
 		}
@@ -222,20 +226,22 @@ func (o *outbox) drain() {
 // full it waits for room (waitwrite.go), up to WriteTimeout. netpoll's own
 // output buffer is never used: what it holds is lost when a read pause
 // takes the socket out of netpoll (pause.go), and copying into it was pure
-// overhead while the socket has room, which is nearly always.
-func (o *outbox) write(batch []*bytebufferpool.ByteBuffer) (cost int, err error) {
+// overhead while the socket has room, which is nearly always. On an error,
+// unsent is how many frames of batch were not written whole.
+func (o *outbox) write(batch []*bytebufferpool.ByteBuffer) (cost, unsent int, err error) {
 	cost = batchCost(batch)
 	o.wmu.Lock()
 	if o.wclosed {
 		o.wmu.Unlock()
-		return cost, errOutboxClosed
+		return cost, len(batch), errOutboxClosed
 	}
 	rest, skip, err := writevNonblocking(int(o.c.fd), batch, 0)
 	o.wmu.Unlock()
 	if err != nil || len(rest) == 0 {
-		return cost, err
+		return cost, len(rest), err
 	}
-	return cost, o.writeWaiting(rest, skip)
+	unsent, err = o.writeWaiting(rest, skip)
+	return cost, unsent, err
 }
 
 func batchCost(batch []*bytebufferpool.ByteBuffer) (cost int) {
@@ -305,7 +311,9 @@ func (o *outbox) finish() {
 }
 
 // dropQueuedLocked frees every queued frame except a held 101, which must
-// still precede the close frame that follows.
+// still precede the close frame that follows. Each frame freed was queued
+// and will never be written: it is counted as DropDiscardedOnClose (the
+// frames a writer has already taken are on their way and are not).
 func (o *outbox) dropQueuedLocked() {
 	if o.queue == nil {
 		return
@@ -315,11 +323,16 @@ func (o *outbox) dropQueuedLocked() {
 	if o.held {
 		keep = 1
 	}
+	freed := 0
 	for i := keep; i < len(q); i++ {
-		o.charged -= len(q[i].B) + OutboxItemOverhead
-		o.c.srv.counters.OutboxBytesQueued.Add(-int64(len(q[i].B) + OutboxItemOverhead))
+		freed += len(q[i].B) + OutboxItemOverhead
 		putBuf(&framePool, q[i])
 		q[i] = nil
+	}
+	if n := len(q) - keep; n > 0 {
+		o.charged -= freed
+		o.c.srv.counters.OutboxBytesQueued.Add(-int64(freed))
+		o.c.srv.counters.Drops[DropDiscardedOnClose].Add(uint64(n))
 	}
 	*o.queue = q[:min(keep, len(q))]
 	if len(*o.queue) == 0 {

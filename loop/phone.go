@@ -82,7 +82,9 @@ func (c *conn) detachPhone() {
 	buf := framePool.Get()
 	buf.B = wsframe.AppendServerHeader(buf.B, ws.OpText, envelope.CloseNoticeSize(c.connID, code))
 	buf.B = envelope.AppendCloseNotice(buf.B, c.connID, code)
-	if current.out.push(buf, noticeSlack) == pushOverflow {
-		c.srv.counters.Drops[DropBinaryBacklog].Add(1)
+	if r := current.out.push(buf, noticeSlack); r == pushOverflow || r == pushClosed {
+		// The binary is gone (its slot in grace), closing, or so far behind
+		// that even noticeSlack is spent: it never learns this phone left.
+		c.srv.counters.Drops[DropCloseNoticeLost].Add(1)
 	}
 }

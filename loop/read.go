@@ -233,7 +233,7 @@ func (c *conn) control(op ws.OpCode, payload []byte) {
 		b := framePool.Get()
 		b.B = wsframe.AppendServerHeader(b.B, ws.OpPong, len(payload))
 		b.B = append(b.B, payload...)
-		c.out.push(b, controlSlack)
+		c.pushControl(b, controlSlack, DropPongOverflow)
 	case ws.OpPong:
 		c.gotPong() // unsolicited pongs are allowed and count the same
 	case ws.OpClose:

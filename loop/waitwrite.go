@@ -34,18 +34,19 @@ func (o *outbox) abortWait() {
 }
 
 // writeWaiting writes rest, the first buffer from byte skip on, waiting for
-// room as often as the socket fills, up to WriteTimeout in all.
-func (o *outbox) writeWaiting(rest []*bytebufferpool.ByteBuffer, skip int) error {
+// room as often as the socket fills, up to WriteTimeout in all. On an error
+// it reports how many buffers were not written whole.
+func (o *outbox) writeWaiting(rest []*bytebufferpool.ByteBuffer, skip int) (unsent int, _ error) {
 	o.c.srv.counters.WriteWaits.Add(1)
 	o.wmu.Lock()
 	if o.wclosed {
 		o.wmu.Unlock()
-		return errOutboxClosed
+		return len(rest), errOutboxClosed
 	}
 	dup, _, errno := syscall.RawSyscall(syscall.SYS_FCNTL, uintptr(o.c.fd), syscall.F_DUPFD_CLOEXEC, 0)
 	if errno != 0 {
 		o.wmu.Unlock()
-		return os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", errno)
+		return len(rest), os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", errno)
 	}
 	w := &roomWaiter{f: os.NewFile(dup, "socket")} // non-blocking, so Go polls it
 	// The deadline is set before the waiter is published, so a wake (which
@@ -60,11 +61,11 @@ func (o *outbox) writeWaiting(rest []*bytebufferpool.ByteBuffer, skip int) error
 		_ = w.f.Close()
 	}()
 	if derr != nil {
-		return derr
+		return len(rest), derr
 	}
 	rc, err := w.f.SyscallConn()
 	if err != nil {
-		return err
+		return len(rest), err
 	}
 	var werr error
 	err = rc.Write(func(fd uintptr) bool {
@@ -72,7 +73,10 @@ func (o *outbox) writeWaiting(rest []*bytebufferpool.ByteBuffer, skip int) error
 		return werr != nil || len(rest) == 0
 	})
 	if werr != nil {
-		return werr
+		return len(rest), werr
 	}
-	return err
+	if err != nil {
+		return len(rest), err
+	}
+	return 0, nil
 }

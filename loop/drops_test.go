@@ -1,0 +1,228 @@
+package loop_test
+
+// Every frame the relay does not deliver is counted under a reason
+// (issue 11 item 9). Each test here makes one kind of drop happen over real
+// loopback sockets and asserts its counter moved; the waits are on events
+// and counters, bounded by testTimeout.
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"switchboard/loop"
+)
+
+// smallMessagesInput is MaxInputBufferBytes for these tests, which shrink
+// MaxMessageBytes to keep outboxes small. The default (2 × 4 KiB) would
+// clamp each socket's SO_RCVBUF to 4 KiB (server.go onPrepare), far below
+// loopback's 64 KiB MSS, and a flooding sender then crawls at tens of KB/s.
+const smallMessagesInput = 256 << 10
+
+// A phone that leaves while its binary is gone (the slot in its grace
+// window) or closing has a close notice nobody can take: it is counted as
+// close_notice_lost, and a notice that is delivered is not.
+func TestCloseNoticeLostCounted(t *testing.T) {
+	r := startRelay(t, loop.Config{GracePeriod: time.Minute})
+	c := r.Counters()
+	b := r.binary(t, "notice-lost")
+	delivered := r.phone(t, "notice-lost")
+	lost := r.phone(t, "notice-lost")
+	id := connIDOf(t, delivered, b)
+	connIDOf(t, lost, b)
+
+	// With the binary live, the notice goes out and nothing is counted.
+	_ = delivered.conn.Close()
+	if got, want := string(b.next(t)), notice(id, 1001); got != want {
+		t.Fatalf("binary got %s, want %s", got, want)
+	}
+	if n := c.Drop(loop.DropCloseNoticeLost); n != 0 {
+		t.Fatalf("close_notice_lost = %d with the binary live", n)
+	}
+
+	// The binary drops TCP: its slot waits out the grace window with the
+	// remaining phone still registered, and its outbox is closed.
+	_ = b.conn.Close()
+	waitFor(t, "binary in grace", func() bool { return r.Binaries() == 0 && r.Live() == 1 })
+	if r.Phones() != 1 {
+		t.Fatalf("%d phones, want 1 (grace keeps them)", r.Phones())
+	}
+	_ = lost.conn.Close()
+	waitFor(t, "close_notice_lost counted", func() bool { return c.Drop(loop.DropCloseNoticeLost) == 1 })
+	waitFor(t, "phone detached", func() bool { return r.Phones() == 0 && r.Live() == 0 })
+	if n := c.Drop(loop.DropBinaryBacklog); n != 0 {
+		t.Fatalf("binary_backlog_full = %d: the lost notice was counted twice", n)
+	}
+}
+
+// A binary so far behind that its outbox is past even the notice
+// allowance (64 KiB over its budget) cannot take more close notices: the
+// ones that do not fit are counted as close_notice_lost too, and the binary
+// is not closed for it.
+func TestCloseNoticeOverflowCounted(t *testing.T) {
+	const phones = 800 // 800 notices of ~115 charged bytes: more than the 64 KiB allowance
+	r := startRelay(t, loop.Config{
+		MaxMessageBytes:     4 << 10,
+		MaxInputBufferBytes: smallMessagesInput,
+		BinaryOutboxBytes:   16 << 10,
+		PhonesPerServer:     phones,
+		WriteTimeout:        time.Minute,
+	})
+	c := r.Counters()
+	holder := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("notices"), nil)
+	spendControlSlack(t, r, holder) // socket full, outbox past its budget
+	ps := make([]*peer, phones)
+	for i := range ps {
+		ps[i] = r.phone(t, "notices")
+	}
+	for _, p := range ps {
+		_ = p.conn.Close()
+	}
+	waitLong(t, r, 2*testTimeout, "every phone detached", func() bool { return r.Phones() == 0 })
+	lost := c.Drop(loop.DropCloseNoticeLost)
+	t.Logf("%d phones left, %d close notices lost", phones, lost)
+	if lost == 0 || lost >= phones {
+		t.Fatalf("close_notice_lost = %d of %d: want some queued within the allowance and the rest counted", lost, phones)
+	}
+	if r.Binaries() != 1 || c.Close(loop.CloseBinaryBacklog)+c.Close(loop.CloseWriteFailed) != 0 {
+		t.Fatalf("binaries %d; relay: %s", r.Binaries(), counterSummary(r))
+	}
+}
+
+// stuckPhone is a raw phone of serverID that never reads its socket: what
+// the relay sends it fills the socket buffers and then its outbox.
+func stuckPhone(t *testing.T, r *relay, b *peer, serverID string) (*rawClient, string) {
+	t.Helper()
+	rc := rawPhone(t, r.addr, serverID)
+	rc.write(cframe(true, opText, []byte(`{"hello":1}`)))
+	id, err := envelopeConnID(b.next(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rc, id
+}
+
+// spendControlSlack has rc, a peer that reads nothing, send pings until
+// its outbox holds so much that not even a ping fits within the budget
+// plus controlSlack, and returns how many it sent. The pongs fill the
+// socket buffers first (several MiB on loopback), then the outbox.
+func spendControlSlack(t *testing.T, r *relay, rc *rawClient) (sent int) {
+	t.Helper()
+	c := r.Counters()
+	// Pings with the largest payload: each pong is 127 bytes on the wire.
+	var burst []byte
+	for range 64 {
+		burst = append(burst, cframe(true, opPing, bytes.Repeat([]byte{'p'}, 125))...)
+	}
+	ping := func(what string, done func() bool) {
+		for !done() {
+			rc.write(burst) // bounded by rc's deadline
+			sent += 64
+			if sent > 1<<20 {
+				t.Fatalf("%d pings (%d MiB of pongs) unread and no %s; relay: %s", sent, sent*127>>20, what, counterSummary(r))
+			}
+		}
+	}
+	// One read turn's burst of pongs can overflow an outbox whose writer
+	// has not run yet; what counts is an outbox that cannot drain. So
+	// first the socket fills (its writer waits for room, and keeps
+	// waiting: the peer never reads), and only then the outbox.
+	waits := c.WriteWaits.Load()
+	ping("write wait", func() bool { return c.WriteWaits.Load() > waits })
+	overflows := c.Drop(loop.DropPongOverflow)
+	ping("pong overflow", func() bool { return c.Drop(loop.DropPongOverflow) > overflows })
+	// Top it off with empty pings, whose pongs cost what a ping costs,
+	// until some of them overflow too: then not even a ping fits. (The
+	// kernel still takes a little now and then, as it collapses the unread
+	// segments it holds, so callers keep topping off while they need it.)
+	before := c.Drop(loop.DropPongOverflow)
+	topOff := bytes.Repeat(cframe(true, opPing, nil), 8)
+	for c.Drop(loop.DropPongOverflow) < before+8 {
+		rc.write(topOff)
+		sent += 8
+	}
+	return sent
+}
+
+// A peer that sends pings and reads nothing fills its outbox with pongs
+// until the budget plus controlSlack is spent: further pongs and the
+// heartbeat's pings are dropped, each counted, and the connection is not
+// closed for it. When the peer then leaves, the pongs never written are
+// counted as discarded_on_close.
+func TestControlOverflowCounted(t *testing.T) {
+	r := startRelay(t, loop.Config{
+		MaxMessageBytes:     4 << 10,
+		MaxInputBufferBytes: smallMessagesInput,
+		PhoneOutboxBytes:    8 << 10,
+		HeartbeatInterval:   20 * time.Millisecond,
+		PongTimeout:         time.Minute, // the test is over long before
+		WriteTimeout:        time.Minute, // the stuck writer must not give up
+	})
+	c := r.Counters()
+	b := r.binary(t, "ctl")
+	rc, _ := stuckPhone(t, r, b, "ctl")
+
+	sent := spendControlSlack(t, r, rc)
+	// Keep the outbox topped off until a heartbeat ping finds no room.
+	topOff := bytes.Repeat(cframe(true, opPing, nil), 8)
+	for c.Drop(loop.DropPingOverflow) == 0 {
+		rc.write(topOff) // bounded by rc's deadline
+		sent += 8
+	}
+	t.Logf("%d pings sent before the first pong overflow; drops: pong %d, ping %d",
+		sent, c.Drop(loop.DropPongOverflow), c.Drop(loop.DropPingOverflow))
+	if r.Live() != 2 || r.Phones() != 1 {
+		t.Fatalf("live %d phones %d: a control overflow closed a connection", r.Live(), r.Phones())
+	}
+	if n := c.Drop(loop.DropDiscardedOnClose); n != 0 {
+		t.Fatalf("discarded_on_close = %d before anything closed", n)
+	}
+
+	// The peer leaves with pongs unwritten: those of the writer's stuck
+	// batch, and any queued behind it.
+	_ = rc.c.Close()
+	waitLong(t, r, testTimeout, "unwritten pongs discarded", func() bool { return c.Drop(loop.DropDiscardedOnClose) > 0 })
+	waitFor(t, "phone gone, its queue freed", func() bool {
+		return r.Phones() == 0 && r.Live() == 1 && c.OutboxBytesQueued.Load() == 0
+	})
+}
+
+// A phone whose outbox overflows is closed with its queued frames dropped:
+// the frame that did not fit is phone_backlog_full, and every frame that
+// was queued and never written (dropped for the close frame, still queued
+// when the socket closed, or in the writer's batch when its write failed)
+// is discarded_on_close, each once.
+func TestDiscardedOnCloseCounted(t *testing.T) {
+	r := startRelay(t, loop.Config{
+		MaxMessageBytes:     4 << 10,
+		MaxInputBufferBytes: smallMessagesInput,
+		PhoneOutboxBytes:    64 << 10,
+		WriteTimeout:        time.Minute,
+	})
+	c := r.Counters()
+	b := r.binary(t, "discard")
+	rc, id := stuckPhone(t, r, b, "discard")
+
+	env := `{"conn_id":"` + id + `","frame":"` + strings.Repeat("d", 1000) + `"}`
+	sent := 0
+	for c.Drop(loop.DropPhoneBacklog) == 0 {
+		b.send(t, env)
+		if sent++; sent > 64<<10 { // 64 MiB
+			t.Fatalf("%d frames to a phone that never reads and no overflow; relay: %s", sent, counterSummary(r))
+		}
+	}
+	waitFor(t, "the phone closed for its backlog", func() bool { return c.Close(loop.ClosePhoneBacklog) == 1 })
+	// The close frame waits behind the stuck write; the peer gives up.
+	_ = rc.c.Close()
+	waitFor(t, "discarded frames counted", func() bool { return c.Drop(loop.DropDiscardedOnClose) > 0 })
+	waitFor(t, "phone gone, its queue freed", func() bool {
+		return r.Phones() == 0 && r.Live() == 1 && c.OutboxBytesQueued.Load() == 0
+	})
+	forwarded := c.BinaryToPhone.Load()
+	t.Logf("%d frames sent, %d queued; dropped: backlog %d, discarded %d, closing %d",
+		sent, forwarded, c.Drop(loop.DropPhoneBacklog), c.Drop(loop.DropDiscardedOnClose), c.Drop(loop.DropPhoneClosing))
+	if d := c.Drop(loop.DropDiscardedOnClose); d > forwarded+1 { // the frames queued, plus the close frame
+		t.Fatalf("discarded_on_close %d, but only %d frames were queued", d, forwarded)
+	}
+}
