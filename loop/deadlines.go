@@ -119,6 +119,16 @@ func (c *conn) sendPing() {
 	c.pushControl(b, controlSlack, DropPingOverflow)
 }
 
+// sendProbePing queues the takeover probe's ping outside the budget: a
+// holder that is alive but behind must still get the ping it is judged by,
+// or a full outbox alone would hand its slot to a rival. One per probe, so
+// what it adds is bounded (takeover.go).
+func (c *conn) sendProbePing() {
+	b := framePool.Get()
+	b.B = wsframe.AppendServerHeader(b.B, ws.OpPing, 0)
+	c.pushControl(b, noBudget, DropPingOverflow)
+}
+
 // pushControl queues a ping or pong and counts it if it is dropped: as
 // overflow when the budget plus slack is spent, as discarded when the
 // connection is already closing.

@@ -8,8 +8,11 @@ package loop_test
 import (
 	"bytes"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"switchboard/loop"
 )
@@ -224,5 +227,160 @@ func TestDiscardedOnCloseCounted(t *testing.T) {
 		sent, forwarded, c.Drop(loop.DropPhoneBacklog), c.Drop(loop.DropDiscardedOnClose), c.Drop(loop.DropPhoneClosing))
 	if d := c.Drop(loop.DropDiscardedOnClose); d > forwarded+1 { // the frames queued, plus the close frame
 		t.Fatalf("discarded_on_close %d, but only %d frames were queued", d, forwarded)
+	}
+}
+
+// A holder that is alive but backlogged (it stopped reading while a phone
+// flooded it, so its outbox is past its budget and past controlSlack) still
+// gets the takeover probe's ping, answers it once it reads again, and the
+// newcomer is refused 4409: a full outbox alone must not hand its slot to
+// a rival.
+func TestProbePingReachesBackloggedHolder(t *testing.T) {
+	r := startRelay(t, loop.Config{
+		MaxMessageBytes:     4 << 10,
+		MaxInputBufferBytes: smallMessagesInput,
+		BinaryOutboxBytes:   16 << 10,
+		WriteTimeout:        time.Minute,
+		TakeoverTimeout:     5 * time.Second, // with a dropped probe ping, this is when the takeover would come
+	})
+	c := r.Counters()
+	holder := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("backlog"), nil)
+	// From here the holder reads nothing until the probe's ping is queued.
+
+	p := r.phone(t, "backlog")
+	frame := []byte(`{"flood":"` + strings.Repeat("f", 1000) + `"}`)
+	for sent := 0; c.Drop(loop.DropBinaryBacklog) == 0; sent++ {
+		if sent > 64<<10 {
+			t.Fatalf("64 MiB towards a binary that never reads and no overflow; relay: %s", counterSummary(r))
+		}
+		if err := p.conn.WriteMessage(websocket.TextMessage, frame); err != nil && c.Drop(loop.DropBinaryBacklog) == 0 {
+			t.Fatalf("flooding phone: %v after %d frames; relay: %s", err, sent, counterSummary(r))
+		}
+	}
+	p.expectClose(t, 1011, "binary backlog full")
+	// Spend controlSlack too, so a ping queued within the budget plus
+	// slack (as every ping was before) would be dropped now, and keep it
+	// spent (the kernel takes a little now and then) until the probe's
+	// ping is queued.
+	spendControlSlack(t, r, holder)
+	stopTopOff, toppedOff := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(toppedOff)
+		topOff := bytes.Repeat(cframe(true, opPing, nil), 8)
+		for {
+			select {
+			case <-stopTopOff:
+				return
+			default:
+			}
+			if _, err := holder.c.Write(topOff); err != nil {
+				return
+			}
+		}
+	}()
+
+	reached, resume := pauseAt(t, "probe-sent", func(serverID, _ string) bool { return serverID == "backlog" })
+	type result struct {
+		code int
+		text string
+		err  error
+	}
+	newcomer := make(chan result, 1)
+	go func() {
+		nc, _, err := dialer.Dial("ws://"+r.addr+"/v1/server", binaryHeaders("backlog"))
+		if err != nil {
+			newcomer <- result{err: err}
+			return
+		}
+		defer nc.Close()
+		_ = nc.SetReadDeadline(time.Now().Add(testTimeout))
+		_, _, err = nc.ReadMessage()
+		res := result{err: err}
+		if ce, ok := err.(*websocket.CloseError); ok {
+			res = result{code: ce.Code, text: ce.Text}
+		}
+		newcomer <- res
+	}()
+	select {
+	case <-reached:
+	case <-time.After(testTimeout):
+		t.Fatal("no takeover probe started")
+	}
+	close(stopTopOff)
+	<-toppedOff
+	pingDrops := c.Drop(loop.DropPingOverflow)
+	resume()
+
+	// The holder reads again: through the flood, the pongs and the notice,
+	// to the probe's ping, which it answers.
+	_ = holder.c.SetDeadline(time.Now().Add(testTimeout))
+	frames := make(chan serverFrame, 1<<16)
+	var readErr atomic.Value
+	go func() {
+		defer close(frames)
+		for {
+			f, err := holder.readFrame()
+			if err != nil {
+				readErr.Store(err)
+				return
+			}
+			frames <- f
+		}
+	}()
+	until := func(what string, match func(serverFrame) bool) (read int) {
+		t.Helper()
+		for {
+			select {
+			case f, ok := <-frames:
+				if !ok {
+					t.Fatalf("holder's stream ended before %s, after %d frames: %v", what, read, readErr.Load())
+				}
+				read++
+				if match(f) {
+					return read
+				}
+			case <-time.After(testTimeout):
+				t.Fatalf("no %s after %d frames", what, read)
+			}
+		}
+	}
+	read := until("probe ping", func(f serverFrame) bool {
+		if f.op == opPing {
+			holder.write(cframe(true, opPong, f.payload))
+			return true
+		}
+		return false
+	})
+	select {
+	case res := <-newcomer:
+		if res.err != nil || res.code != 4409 || res.text != "server-id already claimed" {
+			t.Fatalf("newcomer got %d %q (%v), want 4409: a backlogged holder's probe went unanswered", res.code, res.text, res.err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("newcomer not answered")
+	}
+	t.Logf("holder read %d frames to reach the probe's ping; pong_overflow %d", read, c.Drop(loop.DropPongOverflow))
+	if c.Takeovers.Load() != 0 || c.Close(loop.CloseTakenOver) != 0 {
+		t.Fatalf("takeovers %d, taken_over closes %d", c.Takeovers.Load(), c.Close(loop.CloseTakenOver))
+	}
+	if n := c.Drop(loop.DropPingOverflow); n != pingDrops {
+		t.Fatalf("ping_overflow went %d -> %d: the probe's ping was dropped", pingDrops, n)
+	}
+
+	// The holder still holds the slot, and once it has caught up it serves
+	// a new phone.
+	waitFor(t, "the holder's outbox drained", func() bool {
+		if err := readErr.Load(); err != nil {
+			t.Fatalf("holder's reader: %v; relay: %s", err, counterSummary(r))
+		}
+		return c.OutboxBytesQueued.Load() == 0
+	})
+	p2 := mustDial(t, r.addr, "/v1/client", phoneHeaders("backlog"))
+	p2.send(t, `{"after":1}`)
+	until("the new phone's frame", func(f serverFrame) bool {
+		return f.op == opText && strings.HasSuffix(string(f.payload), `"frame":{"after":1}}`)
+	})
+	if r.Binaries() != 1 {
+		t.Fatalf("%d binaries, want the holder alone", r.Binaries())
 	}
 }

@@ -13,6 +13,7 @@ var hookNames = [...]string{
 	hookProbeExpired: "probe-expired",
 	hookLeaving:      "leaving",
 	hookAdmitted:     "admitted",
+	hookProbeSent:    "probe-sent",
 }
 
 // SetTestHook has f called at the hook points of takeover.go until the test

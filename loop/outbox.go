@@ -74,10 +74,15 @@ func (o *outbox) init(c *conn, limit int) {
 	o.run = o.drain
 }
 
+// noBudget is the slack of a frame queued whatever the outbox holds: only
+// for frames whose number is bounded by something other than the budget
+// (the takeover probe's ping: one per probe).
+const noBudget = -1
+
 // push queues one whole frame and takes ownership of b in every case. slack
-// lets small control messages exceed the budget by a bounded amount. It
-// never counts a drop: the caller knows what b was and counts it under its
-// reason.
+// lets small control messages exceed the budget by a bounded amount;
+// noBudget queues b however full the outbox is. It never counts a drop:
+// the caller knows what b was and counts it under its reason.
 func (o *outbox) push(b *bytebufferpool.ByteBuffer, slack int) pushResult {
 	cost := len(b.B) + OutboxItemOverhead
 	o.mu.Lock()
@@ -86,7 +91,7 @@ func (o *outbox) push(b *bytebufferpool.ByteBuffer, slack int) pushResult {
 		putBuf(&framePool, b)
 		return pushClosed
 	}
-	if o.charged+cost > o.limit+slack {
+	if slack != noBudget && o.charged+cost > o.limit+slack {
 		o.mu.Unlock()
 		putBuf(&framePool, b)
 		return pushOverflow

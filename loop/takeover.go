@@ -39,7 +39,8 @@ func (s *Server) startProbe(holder, newcomer *conn, first bool) {
 		// its close callback has yet to release the slot, and that release
 		// hands the slot to the queue.
 		holder.setDeadline(&holder.probeDue, holder.wheelNow()+int64(s.cfg.TakeoverTimeout))
-		holder.sendPing()
+		holder.sendProbePing() // outside the budget: a backlogged holder still gets it
+		hook(hookProbeSent, holder)
 	}
 }
 
@@ -125,6 +126,7 @@ const (
 	hookProbeExpired                  // wheel: a probe expired, the takeover not yet tried
 	hookLeaving                       // releaseSlot: a binary is leaving, the registry not yet told
 	hookAdmitted                      // upgrade: past the draining check, not yet registered
+	hookProbeSent                     // startProbe: the probe's ping is queued to the holder
 )
 
 var testHook atomic.Pointer[func(hookPoint, *conn)]
