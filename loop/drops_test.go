@@ -131,8 +131,7 @@ func spendControlSlack(t *testing.T, r *relay, rc *rawClient) (sent int) {
 	// has not run yet; what counts is an outbox that cannot drain. So
 	// first the socket fills (its writer waits for room, and keeps
 	// waiting: the peer never reads), and only then the outbox.
-	waits := c.WriteWaits.Load()
-	ping("write wait", func() bool { return c.WriteWaits.Load() > waits })
+	ping("write wait", func() bool { return c.WriteWaits.Load() > 0 })
 	overflows := c.Drop(loop.DropPongOverflow)
 	ping("pong overflow", func() bool { return c.Drop(loop.DropPongOverflow) > overflows })
 	// Top it off with empty pings, whose pongs cost what a ping costs,
@@ -231,10 +230,10 @@ func TestDiscardedOnCloseCounted(t *testing.T) {
 }
 
 // A holder that is alive but backlogged (it stopped reading while a phone
-// flooded it, so its outbox is past its budget and past controlSlack) still
-// gets the takeover probe's ping, answers it once it reads again, and the
-// newcomer is refused 4409: a full outbox alone must not hand its slot to
-// a rival.
+// flooded it and its own pings went unanswered, so its outbox is past its
+// budget and past controlSlack) still gets the takeover probe's ping,
+// answers it once it reads again, and the newcomer is refused 4409: a full
+// outbox alone must not hand its slot to a rival.
 func TestProbePingReachesBackloggedHolder(t *testing.T) {
 	r := startRelay(t, loop.Config{
 		MaxMessageBytes:     4 << 10,
@@ -247,17 +246,17 @@ func TestProbePingReachesBackloggedHolder(t *testing.T) {
 	holder := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("backlog"), nil)
 	// From here the holder reads nothing until the probe's ping is queued.
 
+	// A phone floods it until the relay parks the phone (its frames left
+	// the holder's outbox more than half full: congestion.go).
 	p := r.phone(t, "backlog")
 	frame := []byte(`{"flood":"` + strings.Repeat("f", 1000) + `"}`)
-	for sent := 0; c.Drop(loop.DropBinaryBacklog) == 0; sent++ {
-		if sent > 64<<10 {
-			t.Fatalf("64 MiB towards a binary that never reads and no overflow; relay: %s", counterSummary(r))
+	var stopFlood atomic.Bool
+	go func() {
+		for !stopFlood.Load() && p.conn.WriteMessage(websocket.TextMessage, frame) == nil {
 		}
-		if err := p.conn.WriteMessage(websocket.TextMessage, frame); err != nil && c.Drop(loop.DropBinaryBacklog) == 0 {
-			t.Fatalf("flooding phone: %v after %d frames; relay: %s", err, sent, counterSummary(r))
-		}
-	}
-	p.expectClose(t, 1011, "binary backlog full")
+	}()
+	waitFor(t, "the flooding phone parked", func() bool { return c.Parks.Load() > 0 })
+	stopFlood.Store(true) // once the holder drains and the phone wakes
 	// Spend controlSlack too, so a ping queued within the budget plus
 	// slack (as every ping was before) would be dropped now, and keep it
 	// spent (the kernel takes a little now and then) until the probe's
