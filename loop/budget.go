@@ -23,10 +23,11 @@ type memoryBudget struct {
 	limit, high int64
 	counters    *Counters
 
-	mu        sync.Mutex
-	holders   map[*conn]struct{} // connections that may hold a lot: paused ones and outboxes past heavyOutboxBytes
-	lastShed  atomic.Int64       // unix nanoseconds of the last close for the budget
-	shedEvery time.Duration
+	mu         sync.Mutex
+	holders    map[*conn]struct{} // connections that may hold a lot: paused ones and outboxes past heavyOutboxBytes
+	lastShed   atomic.Int64       // unix nanoseconds of the last look at the limit
+	rechecking atomic.Bool        // a later look is booked (recheck)
+	shedEvery  time.Duration
 }
 
 // budgetHighPercent is where refusing and pausing start: far enough below
@@ -81,7 +82,9 @@ func (b *memoryBudget) forget(c *conn) {
 }
 
 // enforce closes the largest holder when the relay is at its limit. Any
-// goroutine may call it; it costs two atomic loads below the limit.
+// goroutine may call it; it costs two atomic loads below the limit. While
+// the relay stays at its limit it looks again every shedEvery, pushes or
+// not, so a limit reached by input (no push follows) is acted on too.
 func (b *memoryBudget) enforce() {
 	if b.limit <= 0 || b.held() < b.limit {
 		return
@@ -89,6 +92,7 @@ func (b *memoryBudget) enforce() {
 	now := time.Now().UnixNano()
 	last := b.lastShed.Load()
 	if now-last < int64(b.shedEvery) || !b.lastShed.CompareAndSwap(last, now) {
+		b.recheck()
 		return
 	}
 	var victim *conn
@@ -104,14 +108,27 @@ func (b *memoryBudget) enforce() {
 		}
 	}
 	b.mu.Unlock()
-	if victim != nil {
-		victim.srv.log.Warn("closing the largest buffer holder: memory budget reached",
-			"role", victim.role, "remote", victim.src, "held_bytes", most, "budget_bytes", b.limit)
-		victim.closeWith(CloseMemoryBudget, closeTryAgainLater, "relay over memory budget", true)
-		// A writer waiting on a full socket still holds the batch it took;
-		// it gives up now, so that memory comes back too (the close frame
-		// cannot get past that batch anyway).
-		victim.out.abortWait()
+	b.recheck()
+	if victim == nil {
+		return
+	}
+	victim.srv.log.Warn("closing the largest buffer holder: memory budget reached",
+		"role", victim.role, "remote", victim.src, "held_bytes", most, "budget_bytes", b.limit)
+	victim.closeWith(CloseMemoryBudget, closeTryAgainLater, "relay over memory budget", true)
+	// A writer waiting on a full socket still holds the batch it took;
+	// it gives up now, so that memory comes back too (the close frame
+	// cannot get past that batch anyway).
+	victim.out.abortWait()
+}
+
+// recheck books one more look at the limit after shedEvery, unless one is
+// booked already.
+func (b *memoryBudget) recheck() {
+	if b.rechecking.CompareAndSwap(false, true) {
+		time.AfterFunc(b.shedEvery, func() {
+			b.rechecking.Store(false)
+			b.enforce()
+		})
 	}
 }
 

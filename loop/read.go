@@ -56,6 +56,7 @@ func (c *conn) onInput(nc netpoll.Connection) error {
 			// input pauses, not only those with a turn's worth waiting:
 			// each frame it forwards adds to the relay's buffers.
 			stop = PauseBudget
+			c.srv.budget.enforce()
 		}
 	}
 	if stop != pauseNone {

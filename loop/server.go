@@ -28,6 +28,11 @@ import (
 // the nodes on demand.
 const netpollNodeSize = 256
 
+// minReceiveBuffer is the least SO_RCVBUF the relay sets: loopback's
+// segments are 64 KiB, and a receive buffer below that (a small
+// --max-message-bytes) nearly stops reading.
+const minReceiveBuffer = 64 << 10
+
 // controlSlack lets pongs and the 101 exceed an outbox's budget: they are
 // tiny and the peer's own pings are what trigger them.
 const controlSlack = 4 << 10
@@ -166,7 +171,7 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		// late (pause.go) near MaxInputBufferBytes instead of tcp_rmem's
 		// maximum, and still lets a sender run at full speed on the
 		// networks a relay faces (a LAN to its balancer).
-		_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, s.cfg.MaxInputBufferBytes/2)
+		_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, max(s.cfg.MaxInputBufferBytes/2, minReceiveBuffer))
 	}
 	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
 		c.src = ta.AddrPort().Addr().Unmap()

@@ -37,7 +37,7 @@ import (
 //     wait in the queue (a task handed straight to an idle worker does not
 //     arm it), so an idle or lightly loaded relay never wakes for it.
 type readTasks struct {
-	queue      chan func()
+	queue chan func()
 	// later holds the turns of paused connections (pause.go), which are
 	// the ones that sent the most: workers take them only when queue is
 	// empty, or one in laterEvery, so a light connection's task never waits
