@@ -76,7 +76,7 @@ func (c *conn) consumeTurns(data []byte, r netpoll.Reader, n int) (used int, sto
 			return used, pauseNone
 		}
 		c.noteUnread(r.Len() - n)
-		if stop = c.shouldPause(len(data) - used + r.Len() - n); stop != pauseNone {
+		if stop = c.shouldPause(len(data)-used+r.Len()-n, used); stop != pauseNone {
 			return used, stop
 		}
 	}

@@ -14,7 +14,6 @@ import (
 	"net"
 	"runtime"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/cloudwego/netpoll"
@@ -27,11 +26,6 @@ import (
 // bring an idle connection to ~4 KB (DESIGN.md fact 7). Larger messages grow
 // the nodes on demand.
 const netpollNodeSize = 256
-
-// minReceiveBuffer is the least SO_RCVBUF the relay sets: loopback's
-// segments are 64 KiB, and a receive buffer below that (a small
-// --max-message-bytes) nearly stops reading.
-const minReceiveBuffer = 64 << 10
 
 // controlSlack lets pongs and the 101 exceed an outbox's budget: they are
 // tiny and the peer's own pings are what trigger them.
@@ -68,9 +62,6 @@ func init() {
 func runTask(ctx context.Context, task func()) {
 	if c, ok := ctx.(*conn); ok {
 		c.srv.tasks.run(task)
-		if c.srv.tasks.queued() > 0 {
-			runtime.Gosched()
-		}
 		return
 	}
 	go task()
@@ -166,12 +157,6 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	c := &conn{srv: s, nc: nc}
 	if fd, ok := socketFD(nc); ok {
 		c.fd = int32(fd)
-		// The kernel's receive buffer is input the relay cannot stop once
-		// it has been read ahead; clamping it keeps what a pause lets in
-		// late (pause.go) near MaxInputBufferBytes instead of tcp_rmem's
-		// maximum, and still lets a sender run at full speed on the
-		// networks a relay faces (a LAN to its balancer).
-		_ = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUF, max(s.cfg.MaxInputBufferBytes/2, minReceiveBuffer))
 	}
 	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
 		c.src = ta.AddrPort().Addr().Unmap()
