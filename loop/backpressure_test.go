@@ -268,10 +268,10 @@ func TestMemoryBudgetLimitClosesLargestHolder(t *testing.T) {
 	t.Logf("closed for the budget: %d; buffered now %d B", c.Close(loop.CloseMemoryBudget), buffered(c))
 }
 
-// Phones sending faster than their binary reads are slowed, not closed:
-// each one whose frame leaves the binary's outbox more than half full
-// pauses until the outbox drains, and every message still arrives, in
-// order per phone.
+// Phones sending faster than their binary reads (here: while it does not
+// read at all) are slowed, not closed: each one whose frame leaves the
+// binary's outbox more than half full waits until the outbox drains, and
+// when the binary reads again every message arrives, in order per phone.
 func TestPhonesFasterThanTheirBinaryAreSlowedNotClosed(t *testing.T) {
 	const (
 		phones   = 4
@@ -296,16 +296,30 @@ func TestPhonesFasterThanTheirBinaryAreSlowedNotClosed(t *testing.T) {
 	}
 	bc.SetReadLimit(64 << 20)
 	bin := &peer{conn: bc, events: make(chan event, 4096)}
-	go bin.readLoop()
 	t.Cleanup(func() { _ = bc.Close() })
 	var senders []*peer
 	for range phones {
 		senders = append(senders, r.phone(t, "busy-1"))
 	}
+	// Each phone's first message tells its conn_id; the binary reads them
+	// directly, then stops reading until its phones have had to wait.
 	ids := map[string]int{}
 	for i, p := range senders {
-		ids[connIDOf(t, p, bin)] = i
+		p.send(t, `{"hello":1}`)
+		_ = bc.SetReadDeadline(time.Now().Add(testTimeout))
+		_, env, err := bc.ReadMessage()
+		if err != nil {
+			t.Fatalf("hello %d: %v", i, err)
+		}
+		var got struct {
+			ConnID string `json:"conn_id"`
+		}
+		if err := json.Unmarshal(env, &got); err != nil {
+			t.Fatalf("hello %d: %v", i, err)
+		}
+		ids[got.ConnID] = i
 	}
+	_ = bc.SetReadDeadline(time.Time{})
 	errs := make(chan error, phones)
 	for i, p := range senders {
 		go func() {
@@ -318,10 +332,12 @@ func TestPhonesFasterThanTheirBinaryAreSlowedNotClosed(t *testing.T) {
 			errs <- nil
 		}()
 	}
+	c := r.Counters()
+	waitFor(t, "a phone waiting for its binary", func() bool { return c.Parks.Load() > 0 })
+	go bin.readLoop() // the binary reads again: its phones are let go
 	next := make([]int, phones)
 	for n := range phones * messages {
 		env := bin.next(t)
-		time.Sleep(time.Millisecond) // a binary slower than its phones: under 32 MB/s
 		var got struct {
 			ConnID string `json:"conn_id"`
 			Frame  struct {
@@ -342,7 +358,6 @@ func TestPhonesFasterThanTheirBinaryAreSlowedNotClosed(t *testing.T) {
 			t.Fatalf("a phone's writes failed: %v", err)
 		}
 	}
-	c := r.Counters()
 	t.Logf("parks %d; pauses: binary_busy %d, input_full %d, yield %d", c.Parks.Load(), c.Paused(loop.PauseBinaryBusy), c.Paused(loop.PauseInputFull), c.Paused(loop.PauseYield))
 	if n := c.Close(loop.CloseBinaryBacklog); n != 0 {
 		t.Fatalf("%d phones closed 1011 binary backlog full", n)
