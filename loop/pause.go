@@ -36,6 +36,10 @@ const readTurnBytes = 64 << 10
 // netpoll's faster path; a flood passes it at once.
 const yieldAfter = 2 * readTurnBytes
 
+// overBudgetRead is the most a paused socket's turn reads while the relay is
+// past its memory budget's high mark: a few small messages.
+const overBudgetRead = 4 << 10
+
 // budgetRecheck is how often a connection paused while the memory budget is
 // over its high mark looks again (budget.go). Short against a human's
 // patience, long against the cost of a look.
@@ -167,7 +171,12 @@ func (c *conn) pausedStep() (again bool) {
 	switch {
 	case c.readDone:
 		got, rerr = c.discardDirect() // input is ignored from here on
-	case !c.srv.budget.overHigh():
+	case c.srv.budget.overHigh():
+		// Past the budget's high mark a paused socket is read a trickle
+		// at a time: a light peer's messages still get through, a flood
+		// adds almost nothing.
+		got, rerr = c.readDirect(min(overBudgetRead, c.srv.cfg.MaxInputBufferBytes-c.heldInput()))
+	default:
 		got, rerr = c.readDirect(c.srv.cfg.MaxInputBufferBytes - c.heldInput())
 	}
 	more := false
@@ -189,6 +198,11 @@ func (c *conn) pausedStep() (again bool) {
 		return false
 	case more:
 		return true
+	case got == overBudgetRead && c.srv.budget.overHigh():
+		// A trickle while over the budget's high mark: the next one in a
+		// while, so a flood adds at most overBudgetRead per budgetRecheck.
+		time.AfterFunc(budgetRecheck, c.queueStep)
+		return false
 	case got > 0 && (got == readTurnBytes || c.heldInput() >= c.srv.cfg.MaxInputBufferBytes-readTurnBytes):
 		return true // the kernel may hold more, or the read was cut short by the bound
 	case got > 0 || rerr == syscall.EAGAIN:

@@ -51,10 +51,11 @@ func (c *conn) onInput(nc netpoll.Connection) error {
 		switch {
 		case c.state.park.Load() == parkAsked:
 			stop = PauseBinaryBusy
-		case c.srv.budget.overHigh():
-			// Over the budget's high mark every connection that brings
-			// input pauses, not only those with a turn's worth waiting:
-			// each frame it forwards adds to the relay's buffers.
+		case used >= readTurnBytes && c.srv.budget.overHigh():
+			// Over the budget's high mark a connection that brought a
+			// turn's worth pauses even with no turn waiting: what it
+			// forwards adds to the relay's buffers. Light connections (a
+			// calm phone's small messages) go on.
 			stop = PauseBudget
 			c.srv.budget.enforce()
 		}
