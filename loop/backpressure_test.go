@@ -156,6 +156,22 @@ func deafBinary(t *testing.T, addr, serverID string) net.Conn {
 // bigFrameDialer writes each message as one frame.
 var bigFrameDialer = websocket.Dialer{HandshakeTimeout: testTimeout, WriteBufferSize: 512 << 10}
 
+// bigFramePhones dials n phones on serverID with bigFrameDialer; the test
+// writes on them directly.
+func bigFramePhones(t *testing.T, addr, serverID string, n int) []*websocket.Conn {
+	t.Helper()
+	var phones []*websocket.Conn
+	for range n {
+		c, _, err := bigFrameDialer.Dial("ws://"+addr+"/v1/client", phoneHeaders(serverID))
+		if err != nil {
+			t.Fatalf("phone: %v", err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		phones = append(phones, c)
+	}
+	return phones
+}
+
 func buffered(c *loop.Counters) int64 {
 	return c.UnreadBytes.Load() + c.StagedBytes.Load() + c.OutboxBytesQueued.Load()
 }
@@ -168,15 +184,7 @@ func TestMemoryBudgetHighMarkRefusesAndPauses(t *testing.T) {
 	const budget = 64 << 20
 	r := startRelay(t, loop.Config{MemoryBudgetBytes: budget, BinaryOutboxBytes: 256 << 20})
 	deaf := deafBinary(t, r.addr, "deaf-1")
-	var phones []*websocket.Conn
-	for range 4 {
-		c, _, err := bigFrameDialer.Dial("ws://"+r.addr+"/v1/client", phoneHeaders("deaf-1"))
-		if err != nil {
-			t.Fatalf("phone: %v", err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		phones = append(phones, c)
-	}
+	phones := bigFramePhones(t, r.addr, "deaf-1", 4)
 	stop := make(chan struct{})
 	var most atomic.Int64
 	go func() {
@@ -236,15 +244,7 @@ func TestMemoryBudgetLimitClosesLargestHolder(t *testing.T) {
 	deafBinary(t, r.addr, "deaf-2")
 	c := r.Counters()
 	// Every phone connects first: past the high mark upgrades get 503.
-	var phones []*websocket.Conn
-	for range 40 {
-		p, _, err := bigFrameDialer.Dial("ws://"+r.addr+"/v1/client", phoneHeaders("deaf-2"))
-		if err != nil {
-			t.Fatalf("phone: %v", err)
-		}
-		t.Cleanup(func() { _ = p.Close() })
-		phones = append(phones, p)
-	}
+	phones := bigFramePhones(t, r.addr, "deaf-2", 40)
 	// Then one message each, one whole frame, so no turn ends between
 	// frames and no pause holds them back: 8 MB for a binary that reads
 	// nothing, more than the kernel's buffers and the budget together.

@@ -14,13 +14,13 @@ import (
 // than the relay parses would grow its input buffer without limit
 // (DESIGN.md fact 6), and netpoll v0.7.2 has no call to stop it. So a
 // connection whose input held reaches MaxInputBufferBytes, or that has used
-// a turn while other read tasks wait for a worker, is paused: its socket
+// two turns while other read tasks wait for a worker, is paused: its socket
 // leaves netpoll for good (detach.go) and the relay reads it itself, one
 // turn at a time on the read workers, never more than keeps its input within
 // MaxInputBufferBytes. Between turns that find the kernel empty it waits on
 // the Server's readyPoller (readypoll.go). The sender is slowed by TCP: the
 // relay reads only as fast as it parses, so the kernel's receive buffer
-// (clamped in onPrepare) fills and the window closes. Nothing is dropped,
+// (clamped once paused) fills and the window closes. Nothing is dropped,
 // split or reordered by a pause, and a paused connection's turns queue
 // behind other connections' read tasks, so a flood cannot starve them.
 
@@ -51,7 +51,7 @@ type PauseReason uint8
 const (
 	pauseNone       PauseReason = iota
 	PauseInputFull              // its input held reached MaxInputBufferBytes
-	PauseYield                  // it used a turn while other read tasks waited
+	PauseYield                  // it used two turns in one call while other read tasks waited
 	PauseBudget                 // the relay's buffers are over the memory budget's high mark
 	PauseBinaryBusy             // phone: its binary's outbox is more than half full (congestion.go)
 	numPauseReasons
@@ -112,7 +112,10 @@ func (c *conn) pause(nc netpoll.Connection, why PauseReason) {
 		return // closing: the close callback takes it from here
 	}
 	if !c.srv.pauser.stop(c, nc) {
-		c.sock.Store(sockLive)
+		if !c.sock.CompareAndSwap(sockPausing, sockLive) {
+			c.sock.Store(sockLive) // a close arrived meanwhile: through netpoll
+			c.closeSocket()
+		}
 		return
 	}
 	c.srv.counters.Pauses[why].Add(1)

@@ -2,41 +2,23 @@ package main
 
 import (
 	"bytes"
-	"context"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
 	"time"
-
-	"switchboard/loop"
 )
 
 // startRelayMetrics runs a Switchboard on a loopback port, with its
 // /metrics on a second one, for one test.
 func startRelayMetrics(t *testing.T) (addr, metricsURL string) {
-	t.Helper()
-	srv, err := loop.New(loop.Config{})
-	if err != nil {
-		t.Fatalf("loop.New: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	go func() { _ = srv.Serve(ln) }()
+	srv, addr := startServer(t)
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		_ = srv.WriteMetrics(w)
 	}))
-	t.Cleanup(func() {
-		hs.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-	return ln.Addr().String(), hs.URL + "/metrics"
+	t.Cleanup(hs.Close)
+	return addr, hs.URL + "/metrics"
 }
 
 // TestFlood runs each scenario for about a second with small messages

@@ -17,6 +17,12 @@ import (
 
 // startRelay runs a Switchboard on a loopback port for one test.
 func startRelay(t *testing.T) string {
+	_, addr := startServer(t)
+	return addr
+}
+
+// startServer is startRelay that also returns the relay.
+func startServer(t *testing.T) (*loop.Server, string) {
 	t.Helper()
 	srv, err := loop.New(loop.Config{})
 	if err != nil {
@@ -32,7 +38,7 @@ func startRelay(t *testing.T) string {
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 	})
-	return ln.Addr().String()
+	return srv, ln.Addr().String()
 }
 
 // summaryOf finds and decodes the SWLOAD_RESULT line.
