@@ -372,18 +372,30 @@ func TestPhonesFasterThanTheirBinaryAreSlowedNotClosed(t *testing.T) {
 // (1001 reaches a paused phone at once, and its answer is read).
 func TestPausedConnectionsEndCleanly(t *testing.T) {
 	const phones = 12
-	r := startRelay(t, loop.Config{BinaryOutboxBytes: 1 << 20, PhonesPerServer: phones})
+	// A linger far longer than the test allows for the close: the phones'
+	// answers, read from their paused sockets, must end them.
+	const linger = 30 * time.Second
+	r := startRelay(t, loop.Config{BinaryOutboxBytes: 1 << 20, PhonesPerServer: phones, CloseLinger: linger})
 	deaf := deafBinary(t, r.addr, "paused-1")
 	var ps []*peer
 	for range phones {
-		ps = append(ps, r.phone(t, "paused-1"))
+		p := r.phone(t, "paused-1")
+		// gorilla's own answer gives up after a second waiting for the
+		// flooding writer; on a loaded machine that is not enough.
+		p.conn.SetCloseHandler(func(code int, _ string) error {
+			return p.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(testTimeout))
+		})
+		ps = append(ps, p)
 	}
 	before := runtime.NumGoroutine()
 	// Each phone writes until TCP stops taking its writes: the relay has
 	// paused it. Its writer stays blocked in the test, not in the relay.
+	// It stops once the shutdown begins, so that gorilla, whose close
+	// answer waits for the writer, can answer the relay's 1001.
+	var stop atomic.Bool
 	for i, p := range ps {
 		go func() {
-			for j := range 2000 {
+			for j := 0; j < 2000 && !stop.Load(); j++ {
 				if p.conn.WriteMessage(websocket.TextMessage, paddedFrame(i*10000+j, 16<<10)) != nil {
 					return
 				}
@@ -404,6 +416,7 @@ func TestPausedConnectionsEndCleanly(t *testing.T) {
 		_ = p.conn.UnderlyingConn().Close()
 	}
 	// The relay shuts down: every paused phone gets 1001 and answers it.
+	stop.Store(true)
 	start := time.Now()
 	shut := make(chan error, 1)
 	go func() {
@@ -417,8 +430,8 @@ func TestPausedConnectionsEndCleanly(t *testing.T) {
 		}
 	}
 	waitFor(t, "the phones' connections ended", func() bool { return r.Live() <= 1 })
-	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("paused phones took %v to end after shutdown began: a linger was waited out", d)
+	if d := time.Since(start); d >= linger/3 {
+		t.Fatalf("paused phones took %v to end after shutdown began: the linger was waited out", d)
 	}
 	_ = deaf.Close() // the binary never reads its 1001: let the drain end
 	if err := <-shut; err != nil {
