@@ -441,3 +441,56 @@ func TestPausedConnectionsEndCleanly(t *testing.T) {
 		return c.PausedNow.Load() == 0 && c.StagedBytes.Load() == 0 && r.Live() == 0
 	})
 }
+
+// Paused phones still open when the drain deadline passes (silent peers
+// that never read their 1001) are closed by the relay's stop like every
+// other connection: nothing paused outlives Shutdown.
+func TestShutdownClosesPausedConnectionsPastTheDrain(t *testing.T) {
+	const phones = 16
+	r := startRelay(t, loop.Config{BinaryOutboxBytes: 1 << 20, PhonesPerServer: phones,
+		DrainTimeout: 300 * time.Millisecond, CloseLinger: time.Minute})
+	deafBinary(t, r.addr, "drain-1")
+	var ps []*rawClient
+	for range phones {
+		ps = append(ps, rawPhone(t, r.addr, "drain-1"))
+	}
+	frame := cframe(true, opText, paddedFrame(1, 16<<10))
+	done := make(chan struct{}, phones)
+	for _, p := range ps {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			// Write until TCP stops taking it; then the phone is silent.
+			_ = p.c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			for {
+				if _, err := p.c.Write(frame); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	c := r.Counters()
+	waitFor(t, "every phone paused", func() bool { return c.PausedNow.Load() == phones })
+	for range phones {
+		<-done
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	_ = r.Shutdown(ctx)
+	waitFor(t, "nothing paused or open", func() bool { return c.PausedNow.Load() == 0 && r.Live() == 0 })
+	// Each phone's socket was closed by the relay: after whatever it was
+	// sent, the read ends.
+	buf := make([]byte, 64<<10)
+	for i, p := range ps {
+		_ = p.c.SetReadDeadline(time.Now().Add(testTimeout))
+		for {
+			_, err := p.c.Read(buf)
+			if err == nil {
+				continue
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatalf("phone %d: the relay never closed its socket", i)
+			}
+			break
+		}
+	}
+}

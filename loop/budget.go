@@ -68,6 +68,11 @@ func (b *memoryBudget) watch(c *conn) {
 	}
 	b.mu.Lock()
 	b.holders[c] = struct{}{}
+	if c.gone.Load() {
+		// Its close callback ran between the caller's decision and here,
+		// and its forget found nothing to remove.
+		delete(b.holders, c)
+	}
 	b.mu.Unlock()
 }
 

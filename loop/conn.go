@@ -34,9 +34,10 @@ func (r role) String() string {
 // assertion rather than a map lookup.
 type conn struct {
 	srv *Server
-	// nc is netpoll's connection for the socket. The read side replaces it
-	// when a paused socket is handed back (pause.go); other goroutines use
-	// fd, or reach nc only through closeSocket.
+	// nc is netpoll's connection for the socket; once a pause has taken the
+	// socket out of netpoll (pause.go) it is closed and only its addresses
+	// are read. Other goroutines use fd, or reach nc through closeSocket,
+	// which uses it only while the socket is live.
 	nc  netpoll.Connection
 	out outbox
 

@@ -66,6 +66,19 @@ func (c *conn) onTimer(now int64) {
 	cfg := &c.srv.cfg
 	// Look at every deadline first, so each one not yet due counts in next.
 	linger, head, msg, pong, life := due(&c.lingerDue), due(&c.headDue), due(&c.msgDue), due(&c.pongDue), due(&c.lifeDue)
+	if (msg || pong) && c.state.park.Load() != parkNone {
+		// A phone parked for its busy binary is not read (congestion.go):
+		// its pong and the rest of its message wait unread in its socket
+		// through no fault of its own. Its clocks start again.
+		if msg {
+			c.msgDue.Store(now + int64(cfg.MessageReadTimeout))
+		}
+		if pong {
+			c.pongDue.Store(now + int64(cfg.PongTimeout))
+		}
+		msg, pong = false, false
+		next = nonZero(nonZero(next, c.msgDue.Load()), c.pongDue.Load())
+	}
 	switch {
 	case linger:
 		c.closeSocket() // the peer never answered our close

@@ -168,7 +168,14 @@ func (c *conn) pausedStep() (again bool) {
 		return false
 	}
 	if c.state.park.CompareAndSwap(parkAsked, parkWaiting) {
-		return false // the binary's writer queues the next turn (congestion.go)
+		// The binary's writer queues the next turn (congestion.go). A
+		// close asked since the look above found the phone not yet
+		// waiting: take the turn back and act on it.
+		if !c.closeAsked() || !c.state.park.CompareAndSwap(parkWaiting, parkNone) {
+			return false
+		}
+		c.endPaused()
+		return false
 	}
 	got, rerr := 0, error(nil)
 	switch {

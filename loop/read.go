@@ -9,9 +9,8 @@ import (
 	"switchboard/wsframe"
 )
 
-// onRequest is netpoll's read task for a connection accepted by the event
-// loop; a connection handed back after a pause has a closure calling
-// onInput instead (pause.go).
+// onRequest is netpoll's read task for a connection. (A paused connection
+// is read by its turns instead: pause.go.)
 func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 	return ctx.(*conn).onInput(nc)
 }

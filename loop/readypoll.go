@@ -15,8 +15,9 @@ type readyPoller struct {
 	epfd int
 	wake [2]int // a pipe: writing to wake[1] ends run
 
-	mu    sync.Mutex
-	conns map[int32]*readyEntry // by descriptor
+	mu      sync.Mutex
+	conns   map[int32]*readyEntry // by descriptor
+	stopped bool                  // epfd is closed or closing: no epoll_ctl any more
 }
 
 type readyEntry struct {
@@ -59,9 +60,9 @@ func (p *readyPoller) track(c *conn) {
 // hung up. The read side calls it after a turn found the kernel empty.
 func (p *readyPoller) arm(c *conn) error {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	e := p.conns[c.fd]
-	if e == nil || e.c != c {
+	if p.stopped || e == nil || e.c != c {
+		p.mu.Unlock()
 		return syscall.EBADF
 	}
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: c.fd}
@@ -70,9 +71,21 @@ func (p *readyPoller) arm(c *conn) error {
 		op = syscall.EPOLL_CTL_ADD
 	}
 	if err := syscall.EpollCtl(p.epfd, op, int(c.fd), &ev); err != nil {
+		p.mu.Unlock()
 		return err
 	}
 	e.added, e.armed = true, true
+	// A close asked after the turn last looked found nothing armed to
+	// kick (kick takes p.mu after setting the bit): take the turn back now
+	// rather than wait for input that may never come.
+	closing := c.closeAsked()
+	if closing {
+		e.armed = false
+	}
+	p.mu.Unlock()
+	if closing {
+		c.queueStep()
+	}
 	return nil
 }
 
@@ -113,7 +126,7 @@ func (p *readyPoller) forget(c *conn) {
 	if e == nil || e.c != c {
 		return
 	}
-	if e.added {
+	if e.added && !p.stopped {
 		_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, int(c.fd), nil)
 	}
 	delete(p.conns, c.fd)
@@ -151,7 +164,12 @@ func (p *readyPoller) run() {
 // stop ends run; the descriptors close when it returns.
 func (p *readyPoller) stop() { _, _ = syscall.Write(p.wake[1], fenceByte) }
 
+// closeFDs closes the poller's descriptors, under p.mu so that no arm or
+// forget uses a number that may then belong to another file.
 func (p *readyPoller) closeFDs() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stopped = true
 	_ = syscall.Close(p.epfd)
 	_ = syscall.Close(p.wake[0])
 	_ = syscall.Close(p.wake[1])

@@ -105,6 +105,7 @@ func (t *readTasks) work() {
 			t.idle.Add(-1)
 		}
 		if !ok {
+			t.finish()
 			return
 		}
 		t.lastTake.Store(t.now())
@@ -116,6 +117,18 @@ func (t *readTasks) work() {
 			// preemption, up to 10 ms away while turns keep coming.
 			runtime.Gosched()
 		}
+	}
+}
+
+// finish runs what is left in both queues once stop has closed them: a
+// worker sees one closed while the other may still hold tasks (the close
+// requests Server.stop queues for paused connections among them).
+func (t *readTasks) finish() {
+	for task := range t.queue {
+		task()
+	}
+	for task := range t.later {
+		task()
 	}
 }
 

@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -130,5 +131,36 @@ func TestReadTasksWatchdogNeedsNoNewTasks(t *testing.T) {
 	close(release)
 	if !rt.stop(10 * time.Second) {
 		t.Fatal("workers did not exit")
+	}
+}
+
+// Paused connections' turns queued when stop begins still run: a worker
+// that sees one queue closed finishes both (Server.stop queues the close
+// requests of paused connections there).
+func TestReadTasksStopRunsBothQueues(t *testing.T) {
+	for range 20 {
+		rt := newReadTasks(2, 64, time.Hour)
+		release := make(chan struct{})
+		var started sync.WaitGroup
+		started.Add(2)
+		for range 2 {
+			rt.run(func() { started.Done(); <-release })
+		}
+		started.Wait() // both workers busy: what follows stays queued
+		var ran atomic.Int32
+		for range 10 {
+			rt.runLater(func() { ran.Add(1) })
+			rt.run(func() { ran.Add(1) })
+		}
+		stopped := make(chan struct{})
+		go func() { rt.stop(10 * time.Second); close(stopped) }()
+		for !rt.stopped.Load() {
+			runtime.Gosched()
+		}
+		close(release)
+		waitClosed(t, stopped, "stop")
+		if n := ran.Load(); n != 20 {
+			t.Fatalf("%d of 20 queued tasks ran by the time stop returned", n)
+		}
 	}
 }
