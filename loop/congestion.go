@@ -40,14 +40,17 @@ type congestion struct {
 // park registers phone p as waiting on binary b, which has just been found
 // congested. It runs on p's read side.
 func (s *Server) park(p, b *conn) {
+	// Asked before listed: an unpark that takes the list at once then finds
+	// the phone asked (and lets it go on) rather than not yet asked (and
+	// leaves it to park with nobody left to wake it).
+	p.state.park.Store(parkAsked)
+	s.counters.Parks.Add(1)
 	s.congestion.mu.Lock()
 	if s.congestion.waiting == nil {
 		s.congestion.waiting = make(map[*conn][]*conn)
 	}
 	s.congestion.waiting[b] = append(s.congestion.waiting[b], p)
 	s.congestion.mu.Unlock()
-	p.state.park.Store(parkAsked)
-	s.counters.Parks.Add(1)
 	// Drained already (or gone) by the time the phone is listed: its
 	// writer will not look again, so wake now.
 	b.out.mu.Lock()
