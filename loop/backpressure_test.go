@@ -494,3 +494,34 @@ func TestShutdownClosesPausedConnectionsPastTheDrain(t *testing.T) {
 		}
 	}
 }
+
+// A close that arrives while a paused socket is about to wait for input
+// (after the turn's last look for one) still ends the connection, though
+// its peer then stays silent.
+func TestCloseJustBeforeAPausedSocketWaitsIsNotLost(t *testing.T) {
+	r := startRelay(t, loop.Config{BinaryOutboxBytes: 256 << 20})
+	bin := r.binary(t, "arm-1")
+	ph := bigFramePhones(t, r.addr, "arm-1", 1)[0]
+	c := r.Counters()
+	sent := 0
+	for c.PausedNow.Load() == 0 {
+		if sent == 2000 {
+			t.Fatal("a phone sending 400 MB back to back was never paused")
+		}
+		if err := ph.WriteMessage(websocket.TextMessage, paddedFrame(sent, 200<<10)); err != nil {
+			t.Fatal(err)
+		}
+		sent++
+	}
+	for range sent {
+		bin.next(t)
+	}
+	// The phone is paused and idle. Its next message makes a turn that ends
+	// by waiting for input: the close lands just before.
+	loop.CloseAtNextArm(t)
+	if err := ph.WriteMessage(websocket.TextMessage, []byte(`{"x":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	bin.next(t)
+	waitFor(t, "the paused phone closed", func() bool { return c.PausedNow.Load() == 0 && r.Phones() == 0 })
+}

@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"sync"
 	"testing"
 	"time"
 )
@@ -14,6 +15,22 @@ var hookNames = [...]string{
 	hookLeaving:      "leaving",
 	hookAdmitted:     "admitted",
 	hookProbeSent:    "probe-sent",
+	hookBeforeArm:    "before-arm",
+}
+
+// CloseAtNextArm closes the next paused connection that is about to wait
+// for input, from within its turn, after the turn's last look for a close:
+// the interleaving of a close arriving (a linger, a failed writer) just as
+// a paused socket arms.
+func CloseAtNextArm(t testing.TB) {
+	var once sync.Once
+	g := func(p hookPoint, c *conn) {
+		if p == hookBeforeArm {
+			once.Do(c.closeSocket)
+		}
+	}
+	testHook.Store(&g)
+	t.Cleanup(func() { testHook.Store(nil) })
 }
 
 // SetTestHook has f called at the hook points of takeover.go until the test

@@ -222,6 +222,7 @@ func (c *conn) pausedStep() (again bool) {
 		if c.stage != nil && len(c.stage.B) == 0 {
 			c.keepTail(nil) // nothing held: the buffer goes back to the pool
 		}
+		hook(hookBeforeArm, c)
 		if err := c.srv.ready.arm(c); err != nil {
 			c.srv.counters.Closes[ClosePauseFailed].Add(1)
 			c.endPaused()

@@ -127,6 +127,7 @@ const (
 	hookLeaving                       // releaseSlot: a binary is leaving, the registry not yet told
 	hookAdmitted                      // upgrade: past the draining check, not yet registered
 	hookProbeSent                     // startProbe: the probe's ping is queued to the holder
+	hookBeforeArm                     // pausedStep: a paused socket is about to wait for input
 )
 
 var testHook atomic.Pointer[func(hookPoint, *conn)]
