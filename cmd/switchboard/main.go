@@ -112,7 +112,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg := srv.Config()
 	log.Info("listening", "addr", ln.Addr().String(), "version", version,
 		"max_connections", cfg.MaxConnections, "phones_per_server", cfg.PhonesPerServer,
-		"max_message_bytes", cfg.MaxMessageBytes, "rate_limit_burst", cfg.RateLimitBurst,
+		"max_message_bytes", cfg.MaxMessageBytes, "max_input_buffer_bytes", cfg.MaxInputBufferBytes,
+		"memory_budget_bytes", cfg.MemoryBudgetBytes, "rate_limit_burst", cfg.RateLimitBurst,
 		"rate_limit_interval", cfg.RateLimitInterval, "proxy_protocol", cfg.ProxyProtocol,
 		"trust_x_forwarded_for", cfg.TrustXForwardedFor, "binary_max_lifetime", cfg.BinaryMaxLifetime,
 		"push", creds != nil)
