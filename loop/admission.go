@@ -19,7 +19,7 @@ import (
 //     429), then 405 method, 400 missing header, 400 bad server-id, 426 not
 //     an upgrade, 503 (draining, or at the connection cap). Every attempt on
 //     an upgrade path spends a token, whatever the gate then answers, as the
-//     reference relay counts them (PROTOCOL.md section 2): a limit that only
+//     reference relay counts them: a limit that only
 //     counted attempts reaching the 101 would let one source probe the
 //     header gate without end. A source over its limit learns that before
 //     anything else and never takes a connection slot.

@@ -13,7 +13,7 @@ import "sync"
 // not fit).
 //
 // The other direction has no such link on purpose: a binary serves many
-// phones, and one slow phone must never stall its binary (PROTOCOL.md §7);
+// phones, and one slow phone must never stall its binary (the protocol's rule);
 // a phone that cannot keep up is closed 1011 `phone backlog full`.
 
 // congestedAbove and uncongestedBelow are the fractions of a binary's

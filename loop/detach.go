@@ -2,8 +2,7 @@ package loop
 
 import "github.com/cloudwego/netpoll"
 
-// detachPauser pauses reading with netpoll v0.7.2's public API (DESIGN.md
-// fact 11 has the measurements behind each step):
+// detachPauser pauses reading with netpoll v0.7.2's public API:
 //
 //   - stop: Detach from inside the read task. netpoll takes the socket out
 //     of epoll without closing it once the task returns, then runs the

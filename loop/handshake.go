@@ -82,8 +82,8 @@ func (c *conn) route(req *wsframe.Request) bool {
 }
 
 // upgrade runs an upgrade request that route let through (rate limit and
-// method passed) through the rest of the gate (PROTOCOL.md section 2; the
-// order is spelled out in admission.go), then answers 101 and registers.
+// method passed) through the rest of the gate (the order is spelled out in
+// admission.go), then answers 101 and registers.
 func (c *conn) upgrade(req *wsframe.Request) {
 	required := binaryHeaders
 	if c.role == rolePhone {

@@ -6,8 +6,8 @@ import (
 )
 
 // respondHealth answers /healthz, whatever the method, with the exact shape
-// PROTOCOL.md section 2 gives, keys in that order; HEAD gets the same
-// headers and no body.
+// the reference relay gives, keys in that order; HEAD gets the same headers
+// and no body.
 func (c *conn) respondHealth(headOnly bool) {
 	s := c.srv
 	body := make([]byte, 0, 160)

@@ -12,7 +12,7 @@ import (
 // Read backpressure. netpoll reads a socket whenever epoll says it is
 // readable, whatever the relay does with the bytes; a peer that sends faster
 // than the relay parses would grow its input buffer without limit
-// (DESIGN.md fact 6), and netpoll v0.7.2 has no call to stop it. So a
+// (over 2 GiB in seconds on loopback), and netpoll v0.7.2 has no call to stop it. So a
 // connection whose input held reaches MaxInputBufferBytes, or that has used
 // two turns while other read tasks wait for a worker, is paused: its socket
 // leaves netpoll for good (detach.go) and the relay reads it itself, one

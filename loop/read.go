@@ -16,7 +16,7 @@ func (s *Server) onRequest(ctx context.Context, nc netpoll.Connection) error {
 }
 
 // onInput consumes every buffered byte (netpoll calls again at once while
-// input remains, so leaving any would spin: DESIGN.md fact 1), handles the
+// input remains, so leaving any would spin), handles the
 // complete units in place a turn at a time, and copies only an incomplete
 // tail into the connection's staging buffer. When it must stop reading (its
 // input held reached MaxInputBufferBytes, or other connections wait for a
