@@ -131,13 +131,18 @@ func (o *outbox) enqueueLocked(b *bytebufferpool.ByteBuffer, cost int) {
 	o.running = true
 	heavy := !o.heavy && o.charged > heavyOutboxBytes
 	o.heavy = o.heavy || heavy
+	watched := o.heavy
 	o.mu.Unlock()
 	budget := o.c.srv.budget
 	if heavy {
 		budget.watch(o.c)
 	}
 	o.c.srv.counters.OutboxBytesQueued.Add(int64(cost))
-	budget.enforce()
+	if watched {
+		// Only an outbox the budget may close needs to look at the total:
+		// the others' pushes skip three loads of contended counters.
+		budget.enforce()
+	}
 	if start {
 		go o.run()
 	}
