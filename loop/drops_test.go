@@ -106,6 +106,16 @@ func stuckPhone(t *testing.T, r *relay, b *peer, serverID string) (*rawClient, s
 	return rc, id
 }
 
+// writeFresh is write with a deadline of its own: the control tests send
+// up to a million pings, which on a loaded machine take longer than the one
+// deadline rawDial gives the whole exchange. Each loop around it is bounded
+// by a count.
+func (rc *rawClient) writeFresh(b []byte) {
+	rc.t.Helper()
+	_ = rc.c.SetWriteDeadline(time.Now().Add(testTimeout))
+	rc.write(b)
+}
+
 // spendControlSlack has rc, a peer that reads nothing, send pings until
 // its outbox holds so much that not even a ping fits within the budget
 // plus controlSlack, and returns how many it sent. The pongs fill the
@@ -120,7 +130,7 @@ func spendControlSlack(t *testing.T, r *relay, rc *rawClient) (sent int) {
 	}
 	ping := func(what string, done func() bool) {
 		for !done() {
-			rc.write(burst) // bounded by rc's deadline
+			rc.writeFresh(burst)
 			sent += 64
 			if sent > 1<<20 {
 				t.Fatalf("%d pings (%d MiB of pongs) unread and no %s; relay: %s", sent, sent*127>>20, what, counterSummary(r))
@@ -141,7 +151,10 @@ func spendControlSlack(t *testing.T, r *relay, rc *rawClient) (sent int) {
 	before := c.Drop(loop.DropPongOverflow)
 	topOff := bytes.Repeat(cframe(true, opPing, nil), 8)
 	for c.Drop(loop.DropPongOverflow) < before+8 {
-		rc.write(topOff)
+		if sent > 2<<20 {
+			t.Fatalf("%d pings and the outbox still takes empty pongs; relay: %s", sent, counterSummary(r))
+		}
+		rc.writeFresh(topOff)
 		sent += 8
 	}
 	return sent
@@ -169,7 +182,10 @@ func TestControlOverflowCounted(t *testing.T) {
 	// Keep the outbox topped off until a heartbeat ping finds no room.
 	topOff := bytes.Repeat(cframe(true, opPing, nil), 8)
 	for c.Drop(loop.DropPingOverflow) == 0 {
-		rc.write(topOff) // bounded by rc's deadline
+		if sent > 2<<20 {
+			t.Fatalf("%d pings and no heartbeat ping overflowed; relay: %s", sent, counterSummary(r))
+		}
+		rc.writeFresh(topOff)
 		sent += 8
 	}
 	t.Logf("%d pings sent before the first pong overflow; drops: pong %d, ping %d",
