@@ -2,7 +2,7 @@ package loop
 
 import "github.com/valyala/bytebufferpool"
 
-// Pools are split by purpose (DESIGN.md fact 10): outbound frames are small
+// Pools are split by purpose: outbound frames are small
 // and plentiful, staged input tails and reassembled messages are rarer and
 // larger, and one purpose's sizes must not calibrate the other's.
 var (

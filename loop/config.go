@@ -98,7 +98,7 @@ type Config struct {
 	// X-Forwarded-For address when present and parseable. Only for a relay
 	// behind a proxy that sets that header itself: clients can forge it.
 	TrustXForwardedFor bool
-	// Push sends the push wakes binaries ask for (PROTOCOL.md section 6);
+	// Push sends the push wakes binaries ask for (the relay protocol, §6);
 	// nil means push is off and every wake is dropped as push_wake_off.
 	Push PushWaker
 	// Version is reported by /healthz.
@@ -117,7 +117,7 @@ type PushWaker interface {
 	Outcomes(yield func(outcome string, n uint64))
 }
 
-// Protocol defaults (PROTOCOL.md section 7).
+// Protocol defaults (the relay protocol, §7).
 const (
 	DefaultPhonesPerServer       = 16
 	DefaultMaxMessageBytes       = 262144

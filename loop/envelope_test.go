@@ -1,6 +1,6 @@
 package loop_test
 
-// Routing envelopes (PROTOCOL.md section 4): phone → binary wrapping and
+// Routing envelopes (the relay protocol, §4): phone → binary wrapping and
 // validation, binary → phone delivery and close directives, drops, and a
 // many-phone exchange checked for loss, duplication and misrouting.
 

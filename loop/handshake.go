@@ -8,7 +8,7 @@ import (
 	"switchboard/wsframe"
 )
 
-// Required headers per endpoint (PROTOCOL.md section 2), checked in order.
+// Required headers per endpoint (the relay protocol, §2), checked in order.
 var (
 	binaryHeaders = []string{"X-Pyrycode-Server", "X-Pyrycode-Version", "User-Agent"}
 	phoneHeaders  = []string{"X-Pyrycode-Server", "X-Pyrycode-Token", "User-Agent"}

@@ -1,6 +1,6 @@
 package loop_test
 
-// The HTTP surface (PROTOCOL.md section 2) and the registry's post-upgrade
+// The HTTP surface (the relay protocol, §2) and the registry's post-upgrade
 // outcomes (section 3), driven over loopback.
 
 import (
@@ -479,7 +479,7 @@ func TestHTTPOversizedHead(t *testing.T) {
 	})
 }
 
-// Registry outcomes after the 101 (PROTOCOL.md section 3).
+// Registry outcomes after the 101 (the relay protocol, §3).
 
 func TestRegistryPhoneUnknownServer(t *testing.T) {
 	r := startRelay(t, loop.Config{})

@@ -12,7 +12,7 @@ import (
 // outbox is a connection's bounded outbound queue. Any goroutine may push;
 // one writer goroutine, started when the queue goes from empty to non-empty
 // and gone once it is drained, writes everything queued with one writev. An idle connection therefore owns no
-// goroutine and no queued buffer (DESIGN.md fact 5), and a peer that reads
+// goroutine and no queued buffer, and a peer that reads
 // slowly blocks only its own writer, never the goroutine that pushed.
 type outbox struct {
 	c     *conn

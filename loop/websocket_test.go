@@ -1,6 +1,6 @@
 package loop_test
 
-// WebSocket correctness (RFC 6455 as PROTOCOL.md section 3 applies it):
+// WebSocket correctness (RFC 6455 as the relay protocol, §3 applies it):
 // reassembly, control frames between fragments, the close handshake,
 // protocol violations and the message size limit. Phones are raw TCP
 // clients with hand-built frames; binaries are gorilla clients.

@@ -1,6 +1,6 @@
 package main
 
-// Scale-out behind HAProxy (DESIGN.md "Scale beyond one box", deploy/): three
+// Scale-out behind HAProxy (deploy/): three
 // relay nodes behind one HAProxy that hashes consistently on
 // X-Pyrycode-Server and speaks PROXY protocol v2 to them. The test's clients
 // behave like the real ones: a binary redials at once whenever its connection
