@@ -140,41 +140,41 @@ const laterEvery = 8
 // later), or starts it on a goroutine of its own when that queue is full or
 // the server has stopped. It never blocks.
 func (t *readTasks) runLater(task func()) {
-	t.sending.Add(1)
-	if !t.stopped.Load() {
-		select {
-		case t.later <- task:
-			t.sending.Add(-1)
-			return
-		default:
-			t.spilled.Add(1)
-		}
+	if !t.send(t.later, task) {
+		go task()
 	}
-	t.sending.Add(-1)
-	go task()
 }
 
 // run queues task for a worker, or starts it on a goroutine of its own when
 // the queue is full or the server has stopped. It never blocks.
 func (t *readTasks) run(task func()) {
-	t.sending.Add(1)
-	if !t.stopped.Load() {
-		select {
-		case t.queue <- task:
-			t.sending.Add(-1)
-			// Buffered rather than handed to a waiting worker: make sure
-			// someone checks that it gets taken. (A worker's idle count
-			// can lag: one just handed a task still counts as idle.)
-			if len(t.queue) > 0 {
-				t.arm()
-			}
-			return
-		default:
-			t.spilled.Add(1)
-		}
+	if !t.send(t.queue, task) {
+		go task()
+		return
 	}
-	t.sending.Add(-1)
-	go task()
+	// Buffered rather than handed to a waiting worker: make sure someone
+	// checks that it gets taken. (A worker's idle count can lag: one just
+	// handed a task still counts as idle.)
+	if len(t.queue) > 0 {
+		t.arm()
+	}
+}
+
+// send puts task on q unless q is full (counted as spilled) or the server
+// has stopped; stop closes q only once no send is in progress.
+func (t *readTasks) send(q chan func(), task func()) bool {
+	t.sending.Add(1)
+	defer t.sending.Add(-1)
+	if t.stopped.Load() {
+		return false
+	}
+	select {
+	case q <- task:
+		return true
+	default:
+		t.spilled.Add(1)
+		return false
+	}
 }
 
 // arm makes sure the watchdog will look at the queue within stallAfter.
