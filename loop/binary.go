@@ -2,6 +2,7 @@ package loop
 
 import (
 	"switchboard/envelope"
+	"switchboard/wsframe"
 )
 
 // binaryMessage routes one envelope from a binary to the phone it names, if
@@ -36,10 +37,10 @@ func (c *conn) binaryMessage(msg []byte) {
 	}
 	if env.CloseCode != 0 {
 		code := env.CloseCode
-		if !sendableCode(code) {
+		if !wsframe.SendableCloseCode(code) {
 			code = 0 // no endpoint may put this code on the wire: close with no code
 		}
-		p.closeWithNotice(CloseBinaryAsked, code, "", false, true)
+		p.closeCode(causeBinaryAsked, code)
 	}
 }
 
@@ -83,6 +84,6 @@ func (c *conn) graceExpired() {
 	}
 	c.srv.counters.GraceExpiries.Add(1)
 	for _, p := range phones {
-		p.closeWith(CloseGraceExpired, 1000, "", false)
+		p.close(causeGraceExpired)
 	}
 }

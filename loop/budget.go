@@ -119,7 +119,7 @@ func (b *memoryBudget) enforce() {
 	}
 	victim.srv.log.Warn("closing the largest buffer holder: memory budget reached",
 		"role", victim.role, "remote", victim.src, "held_bytes", most, "budget_bytes", b.limit)
-	victim.closeWith(CloseMemoryBudget, closeTryAgainLater, "relay over memory budget", true)
+	victim.close(causeMemoryBudget)
 	// A writer waiting on a full socket still holds the batch it took;
 	// it gives up now, so that memory comes back too (the close frame
 	// cannot get past that batch anyway).
@@ -136,9 +136,6 @@ func (b *memoryBudget) recheck() {
 		})
 	}
 }
-
-// closeTryAgainLater is RFC 6455's 1013: the peer may come back later.
-const closeTryAgainLater = 1013
 
 // bytesHeld is what c holds in the relay's buffers: its input and its
 // outbox. Any goroutine may call it.

@@ -54,7 +54,6 @@ const (
 	ClosePhoneBacklog                        // phone's outbox overflowed (1011)
 	CloseWriteFailed                         // a write to the peer failed or timed out
 	CloseReclaimed                           // server-id moved to a new binary (4404)
-	CloseSlotDropped                         // binary left and took its slot with it (1000)
 	CloseRegistry                            // refused by the registry after the 101 (4404/4409/4429)
 	CloseShutdown                            // relay shutting down (1001)
 	CloseHandshakeTimeout                    // request head not complete in time (dropped)
@@ -79,7 +78,6 @@ var closeReasonNames = [numCloseReasons]string{
 	ClosePhoneBacklog:     "phone_backlog_full",
 	CloseWriteFailed:      "write_failed",
 	CloseReclaimed:        "reclaimed",
-	CloseSlotDropped:      "slot_dropped",
 	CloseRegistry:         "registry_refused",
 	CloseShutdown:         "shutdown",
 	CloseHandshakeTimeout: "handshake_timeout",

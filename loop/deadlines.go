@@ -84,18 +84,14 @@ func (c *conn) onTimer(now int64) {
 		c.closeSocket() // the peer never answered our close
 		return
 	case head:
-		// Nothing to answer: the request never arrived whole.
-		c.srv.counters.Closes[CloseHandshakeTimeout].Add(1)
-		c.closeSocket()
+		c.close(causeHandshakeTimeout) // nothing to answer: the request never arrived whole
 		return
 	case msg:
-		c.closeWith(CloseReadTimeout, 1008, "message read timeout", false)
+		c.close(causeReadTimeout)
 	case pong:
-		c.closeWith(CloseHeartbeat, 1011, "heartbeat timeout", false)
+		c.close(causeHeartbeat)
 	case life:
-		// 1012 (service restart): the daemon redials at once, through the
-		// balancer, and lands on the node its server-id hashes to.
-		c.closeWith(CloseLifetime, 1012, "binary lifetime reached", false)
+		c.close(causeLifetime)
 	}
 	if due(&c.probeDue) {
 		c.srv.probeExpired(c)

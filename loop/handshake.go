@@ -138,7 +138,7 @@ func (c *conn) upgrade(req *wsframe.Request) {
 		// snapshot may have missed this connection (the shard lock orders
 		// the two: a registration the snapshot did not see sees draining).
 		// A second 1001 is a no-op, so it does not matter if it did not.
-		c.shutdownClose()
+		c.close(causeShutdown)
 	}
 }
 
@@ -238,7 +238,7 @@ func rejectOutcome(why RejectReason) UpgradeOutcome {
 // closeReclaimed ends the phones of a server-id that a new binary took.
 func closeReclaimed(phones []*conn) {
 	for _, p := range phones {
-		p.closeWith(CloseReclaimed, 4404, "binary reclaimed server-id", false)
+		p.close(causeReclaimed)
 	}
 }
 
@@ -251,11 +251,11 @@ func (c *conn) refuse(err error) {
 	c.serverID = "" // holds nothing: the close callback must not release it
 	switch {
 	case errors.Is(err, registry.ErrClaimed):
-		c.closeWith(CloseRegistry, 4409, "server-id already claimed", false)
+		c.close(causeClaimed)
 	case errors.Is(err, registry.ErrPhonesAtCap):
-		c.closeWith(CloseRegistry, 4429, "too many phones for server-id", false)
+		c.close(causePhonesAtCap)
 	default:
-		c.closeWith(CloseRegistry, 4404, "no server with that id", false)
+		c.close(causeNoServer)
 	}
 }
 
@@ -324,11 +324,3 @@ func statusText(status int) string {
 	}
 	return "Error"
 }
-
-// appendCloseFrame appends a server close frame, no body when code is 0.
-func appendCloseFrame(dst []byte, code uint16, reason string) []byte {
-	return wsframe.AppendClose(dst, code, reason)
-}
-
-// sendableCode reports whether a binary's close_code may go on the wire.
-func sendableCode(code uint16) bool { return wsframe.SendableCloseCode(code) }

@@ -47,17 +47,6 @@ const (
 	outboxClosed              // the socket is gone
 )
 
-type afterWrite uint8
-
-const (
-	// lingerClose half-closes the socket and waits up to CloseLinger for the
-	// peer's close frame or FIN: closing at once risks an RST that destroys
-	// the close frame before the peer reads it.
-	lingerClose afterWrite = iota
-	// hardClose closes at once: the peer has already sent its close frame.
-	hardClose
-)
-
 type pushResult uint8
 
 const (
@@ -303,21 +292,20 @@ func (o *outbox) writeFinalNow(b *bytebufferpool.ByteBuffer) bool {
 	return true
 }
 
-// finish ends the connection once its final frame is on the wire.
-func (o *outbox) finish() {
-	if o.after == hardClose {
-		o.c.closeSocket()
-		return
-	}
-	// Under wmu and only while the socket is ours: once the close callback
-	// has run, the descriptor is closed and its number may already belong
-	// to a new connection.
+// finish hands the connection to its close once the final frame is on the
+// wire (close.go).
+func (o *outbox) finish() { o.c.finalWritten(o.after) }
+
+// shutdownWrite half-closes the socket: the peer reads everything written,
+// then EOF. Under wmu and only while the socket is ours: once the close
+// callback has run, the descriptor is closed and its number may already
+// belong to a new connection.
+func (o *outbox) shutdownWrite() {
 	o.wmu.Lock()
 	if !o.wclosed {
 		_ = syscall.Shutdown(int(o.c.fd), syscall.SHUT_WR)
 	}
 	o.wmu.Unlock()
-	o.c.startLinger()
 }
 
 // dropQueuedLocked frees every queued frame except a held 101, which must

@@ -224,7 +224,7 @@ func (c *conn) pausedStep() (again bool) {
 		}
 		hook(hookBeforeArm, c)
 		if err := c.srv.ready.arm(c); err != nil {
-			c.srv.counters.Closes[ClosePauseFailed].Add(1)
+			c.count(causePauseFailed)
 			c.endPaused()
 		}
 		return false

@@ -12,14 +12,14 @@ import (
 // spliced verbatim, so validation is what stops a phone forging a conn_id.
 func (c *conn) phoneMessage(msg []byte) {
 	if !envelope.Valid(msg) {
-		c.endInSync(CloseNotJSON, 1000, "")
+		c.endInSync(causeNotJSON)
 		return
 	}
 	b, live := c.srv.reg.Binary(c.serverID)
 	if !live || b != c.binary {
 		// No binary to hear it: gone, in its grace window, or replaced.
 		c.srv.counters.Drops[DropBinaryGone].Add(1)
-		c.endInSync(CloseBinaryGone, 1000, "")
+		c.endInSync(causeBinaryGone)
 		return
 	}
 	buf := framePool.Get()
@@ -36,10 +36,10 @@ func (c *conn) phoneMessage(msg []byte) {
 		// so this phone ends (it may redial); the binary and its other phones
 		// are untouched.
 		c.srv.counters.Drops[DropBinaryBacklog].Add(1)
-		c.endInSync(CloseBinaryBacklog, 1011, "binary backlog full")
+		c.endInSync(causeBinaryBacklog)
 	case pushClosed:
 		c.srv.counters.Drops[DropBinaryGone].Add(1)
-		c.endInSync(CloseBinaryGone, 1000, "")
+		c.endInSync(causeBinaryGone)
 	}
 }
 
@@ -55,7 +55,7 @@ func (c *conn) sendToPhone(p *conn, frame []byte) bool {
 		return true
 	case pushOverflow:
 		c.srv.counters.Drops[DropPhoneBacklog].Add(1)
-		p.closeWith(ClosePhoneBacklog, 1011, "phone backlog full", true)
+		p.close(causePhoneBacklog)
 	default:
 		c.srv.counters.Drops[DropPhoneClosing].Add(1)
 	}
@@ -77,7 +77,7 @@ func (c *conn) detachPhone() {
 	}
 	code := c.noticeCode
 	if code == 0 {
-		code = 1001 // no close frame: TCP drop, bad message, or relay-side close
+		code = codeGoingAway // no close frame: TCP drop, bad message, or relay-side close
 	}
 	buf := framePool.Get()
 	buf.B = wsframe.AppendServerHeader(buf.B, ws.OpText, envelope.CloseNoticeSize(c.connID, code))

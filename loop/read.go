@@ -165,31 +165,13 @@ func (c *conn) tooBig(h ws.Header) bool {
 	if size <= int64(c.srv.cfg.MaxMessageBytes) {
 		return false
 	}
-	c.endRead(CloseTooBig, 1009, c.srv.tooBigReason)
+	c.endRead(causeTooBig)
 	return true
 }
 
 func (c *conn) protocolError(err error) {
 	c.srv.log.Debug("protocol error", "role", c.role, "remote", c.src, "err", err)
-	c.endRead(CloseProtocol, 1002, "")
-}
-
-// endRead closes the connection from its own read side: no further input is
-// looked at, and a phone leaves the registry now so its close notice goes
-// out after its last forwarded frame.
-func (c *conn) endRead(why CloseReason, code uint16, reason string) {
-	c.readDone = true
-	c.closeWith(why, code, reason, false)
-	c.leave()
-}
-
-// endInSync is endRead for a close decided on a whole message, with the
-// stream still frame-aligned: input stays parsed (data is ignored once
-// closing), so the peer's answering close frame ends the connection at once
-// instead of holding it until CloseLinger.
-func (c *conn) endInSync(why CloseReason, code uint16, reason string) {
-	c.closeWith(why, code, reason, false)
-	c.leave()
+	c.endRead(causeProtocol)
 }
 
 // frame handles one complete, unmasked frame.
@@ -243,15 +225,7 @@ func (c *conn) control(op ws.OpCode, payload []byte) {
 			c.protocolError(err)
 			return
 		}
-		c.readDone = true
-		if c.state.closing.Load() {
-			// Our close frame is out and this is the answer: done.
-			c.closeSocket()
-			return
-		}
-		c.noticeCode = code
-		c.echoClose(code)
-		c.leave()
+		c.peerClosed(code)
 	}
 }
 
@@ -265,16 +239,5 @@ func (c *conn) deliver(msg []byte) {
 		c.phoneMessage(msg)
 	case roleBinary:
 		c.binaryMessage(msg)
-	}
-}
-
-// leave takes the connection out of the registry: a phone detaches (and its
-// binary is told), a binary gives up its slot (and its phones are closed).
-func (c *conn) leave() {
-	switch c.role {
-	case rolePhone:
-		c.detachPhone()
-	case roleBinary:
-		c.releaseSlot()
 	}
 }

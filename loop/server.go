@@ -8,7 +8,6 @@ import (
 
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -105,7 +104,7 @@ func New(cfg Config) (*Server, error) {
 		reg:          registry.New[*conn, *conn](cfg.PhonesPerServer),
 		started:      time.Now(),
 		versionJSON:  version,
-		tooBigReason: fmt.Sprintf("read limited at %d bytes", cfg.MaxMessageBytes+1),
+		tooBigReason: tooBigText(cfg.MaxMessageBytes),
 		limiter:      ratelimit.New[[16]byte](cfg.RateLimitBurst, cfg.RateLimitInterval, cfg.RateLimitMaxSources),
 	}
 	// Before the event loop accepts anything, so the fence's pairs land one

@@ -28,10 +28,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	waiting := s.reg.TakeWaiting(nil)
 	s.log.Info("draining", "binaries", len(bins), "phones", len(phones), "claims_waiting", len(waiting))
 	for _, c := range phones {
-		c.shutdownClose()
+		c.close(causeShutdown)
 	}
 	for _, c := range bins {
-		c.shutdownClose()
+		c.close(causeShutdown)
 	}
 	for _, c := range waiting {
 		c.claimShutdown()
@@ -66,18 +66,4 @@ func (s *Server) stop() error {
 	}
 	s.ready.stop()
 	return err
-}
-
-// shutdownClose sends 1001 `shutting down`. The peer's answer (or the
-// linger deadline) ends the connection as for any close the relay starts.
-func (c *conn) shutdownClose() {
-	if !c.startClosing(true) {
-		return
-	}
-	c.srv.counters.Closes[CloseShutdown].Add(1)
-	b := framePool.Get()
-	b.B = appendCloseFrame(b.B, 1001, "shutting down")
-	if !c.out.writeFinalNow(b) {
-		c.out.pushFinal(b, lingerClose, false)
-	}
 }

@@ -64,7 +64,7 @@ func (s *Server) probeExpired(holder *conn) {
 		return
 	}
 	s.handedOver(m.Winner, m.Evicted, m.Refused)
-	holder.closeWith(CloseTakenOver, 1011, "heartbeat timeout", false)
+	holder.close(causeTakenOver)
 }
 
 // handedOver carries out a change of holder decided by the registry: the
@@ -83,7 +83,7 @@ func (s *Server) handedOver(w *conn, evicted, refused []*conn) {
 	}
 	if s.draining.Load() {
 		// A holder closed by Shutdown handed over after its snapshot.
-		w.shutdownClose()
+		w.close(causeShutdown)
 	}
 }
 
@@ -97,14 +97,14 @@ func (c *conn) refuseClaim() {
 	}
 	c.srv.counters.RegistryClaimed.Add(1)
 	c.countUpgrade(UpgradeReject409)
-	c.closeWith(CloseRegistry, 4409, "server-id already claimed", false)
+	c.close(causeClaimed)
 	c.out.release()
 }
 
 // claimShutdown answers a waiting newcomer during a drain: 101, then 1001.
 func (c *conn) claimShutdown() {
 	c.countUpgrade(UpgradeRejectCapacity)
-	c.shutdownClose() // queued behind the held 101
+	c.close(causeShutdown) // queued behind the held 101
 	c.out.release()
 }
 
