@@ -77,8 +77,8 @@ func (c *conn) releaseSlot() {
 // graceExpired runs on the wheel when a departed binary's grace window
 // ends; a window that was reclaimed meanwhile is not touched.
 func (c *conn) graceExpired() {
-	var scratch [16]*conn
-	phones, ok := c.srv.reg.Expire(c.serverID, c, c.graceGen, scratch[:0])
+	var phonesRoom connScratch
+	phones, ok := c.srv.reg.Expire(c.serverID, c, c.graceGen, phonesRoom[:0])
 	if !ok {
 		return
 	}

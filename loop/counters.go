@@ -178,6 +178,7 @@ func checkReasonNames() error {
 		{"RejectReason", rejectReasonNames[:]},
 		{"UpgradeOutcome", upgradeOutcomeNames[:]},
 		{"PauseReason", pauseNames[:]},
+		{"Endpoint", endpointNames[:]},
 	} {
 		if err := checkNames(set.kind, set.names); err != nil {
 			return err
@@ -201,6 +202,19 @@ func checkNames(kind string, names []string) error {
 	return nil
 }
 
+// Endpoint is one of the two upgrade paths; it indexes Counters.Upgrades.
+type Endpoint int
+
+const (
+	EndpointServer Endpoint = iota // /v1/server: binaries
+	EndpointClient                 // /v1/client: phones
+	numEndpoints
+)
+
+var endpointNames = [numEndpoints]string{EndpointServer: "server", EndpointClient: "client"}
+
+func (e Endpoint) String() string { return endpointNames[e] }
+
 // Counters is the relay's running tally. Fields are updated with atomics on
 // the hot path and read by the metrics exporter and by tests.
 type Counters struct {
@@ -210,10 +224,10 @@ type Counters struct {
 	PhoneToBinary     atomic.Uint64 // envelopes queued towards binaries
 	BinaryToPhone     atomic.Uint64 // frames queued towards phones
 	UpgradesAccepted  atomic.Uint64
-	Upgrades          [2][numUpgradeOutcomes]atomic.Uint64 // [0] /v1/server, [1] /v1/client
-	GraceExpiries     atomic.Uint64                        // grace windows that ended unclaimed
-	TakeoverProbes    atomic.Uint64                        // duplicate claims that pinged the holder
-	Takeovers         atomic.Uint64                        // probes the holder did not answer: slot moved
+	Upgrades          [numEndpoints][numUpgradeOutcomes]atomic.Uint64
+	GraceExpiries     atomic.Uint64 // grace windows that ended unclaimed
+	TakeoverProbes    atomic.Uint64 // duplicate claims that pinged the holder
+	Takeovers         atomic.Uint64 // probes the holder did not answer: slot moved
 	RegistryNoServer  atomic.Uint64
 	RegistryClaimed   atomic.Uint64
 	RegistryPhonesCap atomic.Uint64

@@ -28,16 +28,16 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 	m.family("pyrycode_relay_grace_expiries_total", "counter", "Grace windows that ended without the binary reclaiming its server-id.")
 	m.value("", c.GraceExpiries.Load())
 	m.family("pyrycode_relay_ws_upgrade_attempts_total", "counter", "Upgrade attempts on /v1/server and /v1/client, by outcome.")
-	for e, endpoint := range [2]string{"server", "client"} {
+	for e, endpoint := range endpointNames {
 		for o := UpgradeOutcome(0); o < numUpgradeOutcomes; o++ {
 			m.value(`endpoint="`+endpoint+`",outcome="`+o.String()+`"`, c.Upgrades[e][o].Load())
 		}
 	}
 	m.family("pyrycode_relay_register_failures_total", "counter", "Registrations refused, by kind.")
-	m.value(`kind="no_server"`, c.Upgrades[1][UpgradeReject404].Load())
-	m.value(`kind="server_in_use"`, c.Upgrades[0][UpgradeReject409].Load())
-	m.value(`kind="phones_at_cap"`, c.Upgrades[1][UpgradeReject429].Load())
-	m.value(`kind="ratelimit"`, c.Upgrades[0][UpgradeRejectRateLimit].Load()+c.Upgrades[1][UpgradeRejectRateLimit].Load())
+	m.value(`kind="no_server"`, c.Upgrades[EndpointClient][UpgradeReject404].Load())
+	m.value(`kind="server_in_use"`, c.Upgrades[EndpointServer][UpgradeReject409].Load())
+	m.value(`kind="phones_at_cap"`, c.Upgrades[EndpointClient][UpgradeReject429].Load())
+	m.value(`kind="ratelimit"`, c.Upgrades[EndpointServer][UpgradeRejectRateLimit].Load()+c.Upgrades[EndpointClient][UpgradeRejectRateLimit].Load())
 	m.family("pyrycode_relay_push_wakes_total", "counter", "Push wake requests from binaries, by outcome (dropped: refused at admission, push off included).")
 	push := [...]struct {
 		name string

@@ -48,8 +48,8 @@ func (s *Server) startProbe(holder, newcomer *conn, first bool) {
 // so every waiting newcomer is refused.
 func (s *Server) probeAnswered(holder *conn) {
 	holder.probeDue.Store(0)
-	var scratch [4]*conn
-	for _, w := range s.reg.Keep(holder.serverID, holder, scratch[:0]) {
+	var waitingRoom connScratch
+	for _, w := range s.reg.Keep(holder.serverID, holder, waitingRoom[:0]) {
 		w.refuseClaim()
 	}
 }
