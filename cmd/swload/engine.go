@@ -148,59 +148,6 @@ func (e *engine) headers(serverID string, phone bool, seq int64) http.Header {
 	return h
 }
 
-// ---- pacing and waiting ----
-
-// pace calls fn(i) for i = 0 … n-1 at rate calls per second (rate <= 0: as
-// fast as fn returns) until ctx ends, stop closes or fn returns false. It
-// returns how many calls were made.
-func pace(ctx context.Context, rate float64, n int, stop <-chan struct{}, fn func(i int) bool) int {
-	start := time.Now()
-	t := time.NewTimer(time.Hour)
-	defer t.Stop()
-	for i := 0; n < 0 || i < n; i++ {
-		if rate > 0 {
-			due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
-			// Sleep only when ahead by more than a millisecond; behind,
-			// catch up in a burst (timer granularity is ~1 ms).
-			if wait := time.Until(due); wait > time.Millisecond {
-				t.Reset(wait)
-				select {
-				case <-t.C:
-				case <-ctx.Done():
-					return i
-				case <-stop:
-					return i
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return i
-		case <-stop:
-			return i
-		default:
-		}
-		if !fn(i) {
-			return i
-		}
-	}
-	return n
-}
-
-// waitTimeout waits for wg up to d and reports whether it finished.
-func waitTimeout(wg *sync.WaitGroup, d time.Duration) bool {
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-t.C:
-		return false
-	}
-}
-
 // ---- the run ----
 
 // run drives the whole share and returns its result. ready is called once
@@ -288,15 +235,6 @@ func (e *engine) abortAll() {
 		_ = c.Close()
 	}
 	e.connsMu.Unlock()
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }
 
 // snapshot is the progress line's content.
