@@ -13,8 +13,9 @@ import (
 	"switchboard/bench"
 )
 
-// engine drives one process's share of a run: its binaries, its phones, and
-// the counters its progress lines and result are made of.
+// engine drives one process's share of a run: its binaries (binaries.go),
+// its phones (phones.go; what they do in each mode is in modes.go), and the
+// counters its progress lines and result are made of.
 type engine struct {
 	cfg   Config
 	sh    share
@@ -102,6 +103,15 @@ func (e *engine) setDeadlines(t time.Time) {
 	e.connsMu.Unlock()
 }
 
+// abortAll drops every phone socket at once.
+func (e *engine) abortAll() {
+	e.connsMu.Lock()
+	for c := range e.conns {
+		_ = c.Close()
+	}
+	e.connsMu.Unlock()
+}
+
 // stop ends the window: nothing new is sent or dialled, and blocked reads
 // are given until t to finish.
 func (e *engine) stop(t time.Time) {
@@ -119,6 +129,17 @@ func (e *engine) liveUp() {
 		if n <= p || e.peakLive.CompareAndSwap(p, n) {
 			return
 		}
+	}
+}
+
+// snapshot is the progress line's content.
+func (e *engine) snapshot() progress {
+	ph, _ := e.phase.Load().(string)
+	return progress{
+		Type: "progress", Phase: ph,
+		Live: e.live.Load(), Attempts: e.attempts.Load(), ConnOK: e.connOK.Load(),
+		RoundTrips: e.roundTrips.Load(), Cycles: e.cycles.Load(), Sends: e.sends.Load(),
+		Errors: e.errs.total.Load(), ConnFail: e.connFails.total.Load(),
 	}
 }
 
@@ -226,24 +247,4 @@ func (e *engine) run(ctx context.Context, ready func(context.Context)) *Result {
 	res.Interrupted = ctx.Err() == context.Canceled
 	res.TimedOut = ctx.Err() == context.DeadlineExceeded
 	return res
-}
-
-// abortAll drops every phone socket at once.
-func (e *engine) abortAll() {
-	e.connsMu.Lock()
-	for c := range e.conns {
-		_ = c.Close()
-	}
-	e.connsMu.Unlock()
-}
-
-// snapshot is the progress line's content.
-func (e *engine) snapshot() progress {
-	ph, _ := e.phase.Load().(string)
-	return progress{
-		Type: "progress", Phase: ph,
-		Live: e.live.Load(), Attempts: e.attempts.Load(), ConnOK: e.connOK.Load(),
-		RoundTrips: e.roundTrips.Load(), Cycles: e.cycles.Load(), Sends: e.sends.Load(),
-		Errors: e.errs.total.Load(), ConnFail: e.connFails.total.Load(),
-	}
 }
