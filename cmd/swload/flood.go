@@ -15,6 +15,10 @@ import (
 
 // --mode flood: peers that write as fast as loopback lets them, beside a
 // calm pair whose latency is the figure of merit (see the package comment).
+// Here are the run and what its peers share; the calm pair is in
+// floodcalm.go, each scenario's peers in floodscenarios.go, the watch on the
+// relay in floodobserve.go, what the run reports in floodresult.go and the
+// flags' checks in floodconfig.go.
 
 // Flood scenarios.
 const (
