@@ -44,7 +44,7 @@ type Config struct {
 	XFF             bool          // send a distinct X-Forwarded-For per connection
 	Progress        time.Duration // progress interval (1 s)
 
-	// --mode flood (flood.go).
+	// --mode flood (flood.go; checked in floodconfig.go).
 	Scenario     string
 	Flooders     int
 	CalmInterval time.Duration
