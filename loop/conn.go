@@ -3,6 +3,7 @@ package loop
 import (
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
@@ -86,3 +87,14 @@ func (s *connState) setClosing(noNotice bool) (first bool) {
 	}
 	return s.closing.CompareAndSwap(false, true)
 }
+
+// conn is the context.Context netpoll hands back to every callback for its
+// connection (onPrepare returns it). It carries no deadline, cancellation or
+// values: it only lets a read task find its conn with a type assertion, and
+// costs no field (an embedded context.Background() was 16 bytes on every
+// connection).
+
+func (*conn) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (*conn) Done() <-chan struct{}       { return nil }
+func (*conn) Err() error                  { return nil }
+func (*conn) Value(any) any               { return nil }

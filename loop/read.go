@@ -2,6 +2,7 @@ package loop
 
 import (
 	"context"
+	"errors"
 
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
@@ -173,6 +174,11 @@ func (c *conn) protocolError(err error) {
 	c.srv.log.Debug("protocol error", "role", c.role, "remote", c.src, "err", err)
 	c.endRead(causeProtocol)
 }
+
+var (
+	errContinuation = errors.New("continuation frame with no message started")
+	errInterleaved  = errors.New("new data frame inside a fragmented message")
+)
 
 // frame handles one complete, unmasked frame.
 func (c *conn) frame(h ws.Header, payload []byte) {
