@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"switchboard/bench"
+	"switchboard/internal/wsclient"
 )
 
 // engine drives one process's share of a run: its binaries, its phones, and
@@ -59,7 +59,7 @@ type engine struct {
 	startCh  chan struct{} // active: closed when the window opens
 
 	connsMu sync.Mutex
-	conns   map[*bench.Client]struct{} // every open phone, for deadlines and abort
+	conns   map[*wsclient.Client]struct{} // every open phone, for deadlines and abort
 
 	binaries []*binaryConn
 	phWG     sync.WaitGroup // phone goroutines
@@ -77,7 +77,7 @@ func newEngine(cfg Config, sh share) *engine {
 		latSend: newRecorder(shards),
 		stopCh:  make(chan struct{}),
 		startCh: make(chan struct{}),
-		conns:   make(map[*bench.Client]struct{}),
+		conns:   make(map[*wsclient.Client]struct{}),
 	}
 	e.nextLocal.Store(uint64(sh.index))
 	e.phase.Store("start")
@@ -116,13 +116,13 @@ func (k *kinds) snapshot() map[string]int64 {
 
 func (e *engine) since() time.Duration { return time.Since(e.start) }
 
-func (e *engine) track(c *bench.Client) {
+func (e *engine) track(c *wsclient.Client) {
 	e.connsMu.Lock()
 	e.conns[c] = struct{}{}
 	e.connsMu.Unlock()
 }
 
-func (e *engine) untrack(c *bench.Client) {
+func (e *engine) untrack(c *wsclient.Client) {
 	e.connsMu.Lock()
 	delete(e.conns, c)
 	e.connsMu.Unlock()
@@ -196,7 +196,7 @@ func closeCode(payload []byte) int {
 
 // dialKind names a failed dial: its HTTP status or the socket error.
 func dialKind(err error) string {
-	var se *bench.StatusError
+	var se *wsclient.StatusError
 	if errors.As(err, &se) {
 		return "http_" + strconv.Itoa(se.Code)
 	}
@@ -230,7 +230,7 @@ func ioKind(err error) string {
 // readKind names a failed read: the close code the relay sent, or the
 // socket error.
 func readKind(err error, payload []byte) string {
-	if errors.Is(err, bench.ErrClosed) {
+	if errors.Is(err, wsclient.ErrClosed) {
 		return "close_" + strconv.Itoa(closeCode(payload))
 	}
 	return ioKind(err)
@@ -248,7 +248,7 @@ func isTimeout(err error) bool { return ioKind(err) == "timeout" }
 type binaryConn struct {
 	e  *engine
 	id string
-	c  *bench.Client
+	c  *wsclient.Client
 
 	mu      sync.Mutex
 	ready   sync.Cond // writer: something queued or done
@@ -271,7 +271,7 @@ func (e *engine) connectBinaries(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			id := e.serverID(i)
-			c, err := bench.Dial(e.cfg.Addr, "/v1/server", e.headers(id, false, 1<<40+int64(i)), e.localAddr(), e.cfg.DialTimeout)
+			c, err := wsclient.Dial(e.cfg.Addr, wsclient.Options{Timeout: e.cfg.DialTimeout, Local: e.localAddr()}, wsclient.Request{Path: "/v1/server", Header: e.headers(id, false, 1<<40+int64(i))})
 			if err != nil {
 				e.connFails.add("binary_"+dialKind(err), 1)
 				return
@@ -319,7 +319,7 @@ func (b *binaryConn) readLoop() {
 			b.space.Wait()
 		}
 		if !b.done {
-			b.pending = bench.AppendMaskedFrame(b.pending, 0x1, p)
+			b.pending = wsclient.AppendMasked(b.pending, wsclient.OpText, p)
 			b.ready.Signal()
 		}
 		b.mu.Unlock()
@@ -397,7 +397,7 @@ func (e *engine) closeBinaries() {
 	wg.Wait()
 }
 
-var closeFrameBytes = bench.AppendMaskedFrame(nil, 0x8, []byte{0x03, 0xe8}) // 1000
+var closeFrameBytes = wsclient.AppendMasked(nil, wsclient.OpClose, []byte{0x03, 0xe8}) // 1000
 
 func closeFrame() []byte { return closeFrameBytes }
 
@@ -406,7 +406,7 @@ func closeFrame() []byte { return closeFrameBytes }
 // phone is one phone connection and its reusable buffers.
 type phone struct {
 	e   *engine
-	c   *bench.Client
+	c   *wsclient.Client
 	id  int64
 	out []byte
 	v   verifier
@@ -440,7 +440,7 @@ func (e *engine) connectPhone(serverID string, id int64) *phone {
 // failure's kind, or neither when the failure was an error (counted here).
 func (e *engine) tryPhone(serverID string, id int64) (*phone, string) {
 	t0 := time.Now()
-	c, err := bench.Dial(e.cfg.Addr, "/v1/client", e.headers(serverID, true, id), e.localAddr(), e.cfg.DialTimeout)
+	c, err := wsclient.Dial(e.cfg.Addr, wsclient.Options{Timeout: e.cfg.DialTimeout, Local: e.localAddr()}, wsclient.Request{Path: "/v1/client", Header: e.headers(serverID, true, id)})
 	if err != nil {
 		return nil, dialKind(err)
 	}
@@ -458,7 +458,7 @@ func (e *engine) tryPhone(serverID string, id int64) (*phone, string) {
 	if err != nil {
 		p.abort()
 		// A registry refusal (4404, 4429) arrives as a close frame here.
-		if errors.Is(err, bench.ErrClosed) {
+		if errors.Is(err, wsclient.ErrClosed) {
 			return nil, readKind(err, b)
 		}
 		return nil, "warmup_" + ioKind(err)
@@ -516,7 +516,7 @@ func (p *phone) finish(clean bool) {
 		if err == nil {
 			continue // a late frame or a pong; the window is over
 		}
-		if errors.Is(err, bench.ErrClosed) {
+		if errors.Is(err, wsclient.ErrClosed) {
 			// Wait for the relay's FIN so it closes first.
 			var one [1]byte
 			_, _ = p.c.Conn.Read(one[:])

@@ -17,7 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"switchboard/bench"
+	"switchboard/internal/wsclient"
 )
 
 // --mode flood: peers that write as fast as loopback lets them, beside a
@@ -164,8 +164,8 @@ type flood struct {
 	closing  atomic.Bool // teardown: connection ends are no longer disconnects
 
 	connsMu  sync.Mutex
-	flooders map[*bench.Client]struct{} // for write deadlines and abort
-	all      []*bench.Client
+	flooders map[*wsclient.Client]struct{} // for write deadlines and abort
+	all      []*wsclient.Client
 
 	writers sync.WaitGroup // flood writers (and phone flooder slots)
 	readers sync.WaitGroup // every read loop
@@ -182,7 +182,7 @@ func newFlood(cfg Config) *flood {
 		abortCh:  make(chan struct{}),
 		startCh:  make(chan struct{}),
 		stopCh:   make(chan struct{}),
-		flooders: make(map[*bench.Client]struct{}),
+		flooders: make(map[*wsclient.Client]struct{}),
 	}
 }
 
@@ -209,12 +209,12 @@ func (f *flood) headers(serverID string, phone bool) http.Header {
 	return h
 }
 
-func (f *flood) dial(serverID string, phone bool) (*bench.Client, error) {
+func (f *flood) dial(serverID string, phone bool) (*wsclient.Client, error) {
 	path := "/v1/server"
 	if phone {
 		path = "/v1/client"
 	}
-	c, err := bench.Dial(f.cfg.Addr, path, f.headers(serverID, phone), f.localAddr(), f.cfg.DialTimeout)
+	c, err := wsclient.Dial(f.cfg.Addr, wsclient.Options{Timeout: f.cfg.DialTimeout, Local: f.localAddr()}, wsclient.Request{Path: path, Header: f.headers(serverID, phone)})
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +224,7 @@ func (f *flood) dial(serverID string, phone bool) (*bench.Client, error) {
 	return c, nil
 }
 
-func (f *flood) trackFlooder(c *bench.Client, on bool) {
+func (f *flood) trackFlooder(c *wsclient.Client, on bool) {
 	f.connsMu.Lock()
 	if on {
 		f.flooders[c] = struct{}{}
@@ -284,12 +284,12 @@ func endKind(err error, payload []byte) string { return readKind(err, payload) }
 // (ReadFrame does), hands text frames to onFrame and records how the
 // connection ended, closing it so a writer on it stops too.
 type watcher struct {
-	c    *bench.Client
+	c    *wsclient.Client
 	done chan struct{}
 	kind string // how it ended; "" while running or ended by teardown
 }
 
-func (f *flood) watch(c *bench.Client, onFrame func(p []byte)) *watcher {
+func (f *flood) watch(c *wsclient.Client, onFrame func(p []byte)) *watcher {
 	w := &watcher{c: c, done: make(chan struct{})}
 	f.readers.Add(1)
 	go func() {
@@ -319,7 +319,7 @@ func (f *flood) watch(c *bench.Client, onFrame func(p []byte)) *watcher {
 // floodWrite writes frame (one whole masked WebSocket frame of payload
 // bytes) back to back from the window's start until it stops. It returns
 // the write error, nil when the window ended.
-func (f *flood) floodWrite(c *bench.Client, frame []byte, payload int) error {
+func (f *flood) floodWrite(c *wsclient.Client, frame []byte, payload int) error {
 	select {
 	case <-f.startCh:
 	case <-f.stopCh:
@@ -363,7 +363,7 @@ func (f *flood) flooderEnded(w *watcher, werr error) {
 
 // connectCalm connects the calm binary (an echo) and phone, with one
 // warm-up round trip; it returns the phone, or nil when that failed.
-func (f *flood) connectCalm() *bench.Client {
+func (f *flood) connectCalm() *wsclient.Client {
 	id := f.serverID("calm", 0)
 	b, err := f.dial(id, false)
 	if err != nil {
@@ -410,13 +410,13 @@ func (f *flood) connectCalm() *bench.Client {
 
 // dialPhone dials a phone. A relay that registers a binary only after its
 // 101 (the reference) may refuse it 4404: that shows up as a disconnect.
-func (f *flood) dialPhone(serverID string) (*bench.Client, error) {
+func (f *flood) dialPhone(serverID string) (*wsclient.Client, error) {
 	return f.dial(serverID, true)
 }
 
 // runCalm sends a calm message every interval during the window, each
 // timed from its scheduled send time, and reads the echoes.
-func (f *flood) runCalm(p *bench.Client) {
+func (f *flood) runCalm(p *wsclient.Client) {
 	v := verifier{id: calmID, size: f.cfg.CalmSize}
 	w := f.watch(p, func(b []byte) {
 		now := f.since()
@@ -535,7 +535,7 @@ func (f *flood) setupBinaryFlooder(i int) bool {
 	inner = append(inner, padAlphabet[:innerLen-8]...)
 	inner = append(inner, `"}`...)
 	msg := append(append([]byte(head), inner...), '}')
-	frame := bench.AppendMaskedFrame(nil, 0x1, msg)
+	frame := wsclient.AppendMasked(nil, wsclient.OpText, msg)
 
 	pw := f.watch(p, func(b []byte) {
 		if !bytes.Equal(b, inner) {
@@ -640,9 +640,9 @@ func (f *flood) setupPhonesToBinary(ctx context.Context, deaf bool) (phones, bin
 // phoneFlooder floods from one phone slot; when the relay disconnects it
 // during the window, it dials again after a pause (bounded by the window
 // and maxRedials).
-func (f *flood) phoneFlooder(id int64, serverID string, p *bench.Client) {
+func (f *flood) phoneFlooder(id int64, serverID string, p *wsclient.Client) {
 	msg := appendPayload(nil, id, 1, f.cfg.Size)
-	frame := bench.AppendMaskedFrame(nil, 0x1, msg)
+	frame := wsclient.AppendMasked(nil, wsclient.OpText, msg)
 	for try := 0; ; try++ {
 		w := f.watch(p, nil)
 		f.trackFlooder(p, true)
