@@ -16,6 +16,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/wsclient"
 	"switchboard/loop"
 )
 
@@ -454,15 +455,15 @@ func TestShutdownClosesPausedConnectionsPastTheDrain(t *testing.T) {
 	for range phones {
 		ps = append(ps, rawPhone(t, r.addr, "drain-1"))
 	}
-	frame := cframe(true, opText, paddedFrame(1, 16<<10))
+	frame := wsclient.Masked(true, wsclient.OpText, paddedFrame(1, 16<<10))
 	done := make(chan struct{}, phones)
 	for _, p := range ps {
 		go func() {
 			defer func() { done <- struct{}{} }()
 			// Write until TCP stops taking it; then the phone is silent.
-			_ = p.c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			_ = p.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
 			for {
-				if _, err := p.c.Write(frame); err != nil {
+				if _, err := p.Conn.Write(frame); err != nil {
 					return
 				}
 			}
@@ -481,9 +482,9 @@ func TestShutdownClosesPausedConnectionsPastTheDrain(t *testing.T) {
 	// sent, the read ends.
 	buf := make([]byte, 64<<10)
 	for i, p := range ps {
-		_ = p.c.SetReadDeadline(time.Now().Add(testTimeout))
+		_ = p.Conn.SetReadDeadline(time.Now().Add(testTimeout))
 		for {
-			_, err := p.c.Read(buf)
+			_, err := p.Conn.Read(buf)
 			if err == nil {
 				continue
 			}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/wsclient"
 	"switchboard/loop"
 )
 
@@ -200,9 +201,9 @@ func TestPhoneCloseNoticeAfterFrames(t *testing.T) {
 	id = rawConnID(t, ph, b)
 	var wire []byte
 	for i := 0; i < 50; i++ {
-		wire = append(wire, cframe(true, opText, []byte(strconv.Itoa(i)))...)
+		wire = append(wire, wsclient.Masked(true, wsclient.OpText, []byte(strconv.Itoa(i)))...)
 	}
-	wire = append(wire, cframe(true, opClose, closeBody(4000, "x"))...)
+	wire = append(wire, wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(4000, "x"))...)
 	ph.write(wire)
 	for i := 0; i < 50; i++ {
 		expectMsg(t, b, splice(id, []byte(strconv.Itoa(i))))
@@ -230,8 +231,8 @@ func TestPhoneTCPDropNotice(t *testing.T) {
 	// never forwarded.
 	ph := rawPhone(t, r.addr, "srv-drop")
 	id = rawConnID(t, ph, b)
-	ph.write(cframe(false, opText, []byte(`{"partial":`)))
-	_ = ph.c.Close()
+	ph.write(wsclient.Masked(false, wsclient.OpText, []byte(`{"partial":`)))
+	_ = ph.Conn.Close()
 	expectMsg(t, b, notice(id, 1001))
 }
 
@@ -834,17 +835,17 @@ func TestNoNoticeToNewBinary(t *testing.T) {
 	_ = b1.conn.NetConn().Close()
 	for _, ph := range phones {
 		f := ph.mustFrame()
-		if f.op != opClose || string(f.payload) != string(closeBody(1000, "")) {
-			t.Fatalf("phone got op %#x %q, want close 1000", f.op, f.payload)
+		if f.Op != wsclient.OpClose || string(f.Payload) != string(wsclient.CloseBody(1000, "")) {
+			t.Fatalf("phone got op %#x %q, want close 1000", f.Op, f.Payload)
 		}
 	}
 	waitFor(t, "the slot to go", func() bool { return r.Binaries() == 0 && r.Phones() == 0 })
 	b2 := r.binary(t, "srv-new")
 	for i, ph := range phones {
 		if i%2 == 0 {
-			ph.write(cframe(true, opClose, closeBody(4000, ""))) // answers late
+			ph.write(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(4000, ""))) // answers late
 		} else {
-			_ = ph.c.Close() // hangs up
+			_ = ph.Conn.Close() // hangs up
 		}
 	}
 	waitFor(t, "the old phones to end", func() bool { return r.Live() == 1 })

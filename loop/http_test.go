@@ -16,6 +16,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/wsclient"
 	"switchboard/loop"
 )
 
@@ -108,10 +109,10 @@ func TestHTTPHeaderNamesCaseInsensitiveValuesTrimmed(t *testing.T) {
 		"x-pyrycode-device-name: My Phone",
 	}, nil)
 	expectRegistered(t, r, 1, 1, 2)
-	ph.write(cframe(true, opText, []byte(`{"k":1}`)))
+	ph.write(wsclient.Masked(true, wsclient.OpText, []byte(`{"k":1}`)))
 	f := bin.mustFrame()
-	if !regexp.MustCompile(`^\{"conn_id":"client-srv-case-[0-9a-f]{8}","frame":\{"k":1\}\}$`).Match(f.payload) {
-		t.Fatalf("binary got %q", f.payload)
+	if !regexp.MustCompile(`^\{"conn_id":"client-srv-case-[0-9a-f]{8}","frame":\{"k":1\}\}$`).Match(f.Payload) {
+		t.Fatalf("binary got %q", f.Payload)
 	}
 }
 
@@ -199,9 +200,9 @@ func TestHTTPNotUpgrade(t *testing.T) {
 		"binary plain GET": requestHead("/v1/server", rawBinaryLines("srv-up-2")...),
 		"phone plain GET":  requestHead("/v1/client", rawPhoneLines("srv-up")...),
 		"binary no Connection": requestHead("/v1/server", append(rawBinaryLines("srv-up-2"),
-			"Upgrade: websocket", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: "+rawKey)...),
+			"Upgrade: websocket", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: "+wsclient.SampleKey)...),
 		"phone no Upgrade": requestHead("/v1/client", append(rawPhoneLines("srv-up"),
-			"Connection: Upgrade", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: "+rawKey)...),
+			"Connection: Upgrade", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: "+wsclient.SampleKey)...),
 	}
 	for name, head := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -334,7 +335,7 @@ func TestHealthz(t *testing.T) {
 	// The query string is ignored; HEAD has the headers and no body.
 	rc := rawDial(t, r.addr)
 	rc.write([]byte("HEAD /healthz?x=1 HTTP/1.1\r\nHost: relay\r\n\r\n"))
-	resp, err := http.ReadResponse(rc.br, &http.Request{Method: "HEAD"})
+	resp, err := rc.ReadResponse(&http.Request{Method: "HEAD"})
 	if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json; charset=utf-8" {
 		t.Fatalf("HEAD /healthz: %v %v", err, resp)
 	}
@@ -414,8 +415,8 @@ func TestHTTPPipelinedFrames(t *testing.T) {
 	r := startRelay(t, loop.Config{})
 	b := r.binary(t, "srv-pipe")
 	// Two data frames and a ping in the same write as the request head.
-	pipelined := append(cframe(true, opText, []byte(`{"first":true}`)), cframe(true, opBinary, []byte(`[2]`))...)
-	pipelined = append(pipelined, cframe(true, opPing, []byte("pipe-ping"))...)
+	pipelined := append(wsclient.Masked(true, wsclient.OpText, []byte(`{"first":true}`)), wsclient.Masked(true, wsclient.OpBinary, []byte(`[2]`))...)
+	pipelined = append(pipelined, wsclient.Masked(true, wsclient.OpPing, []byte("pipe-ping"))...)
 	ph := rawUpgrade(t, r.addr, "/v1/client", rawPhoneLines("srv-pipe"), pipelined)
 	re := regexp.MustCompile(`^\{"conn_id":"(client-srv-pipe-[0-9a-f]{8})","frame":(.*)\}$`)
 	m1 := re.FindStringSubmatch(string(b.next(t)))
@@ -424,13 +425,13 @@ func TestHTTPPipelinedFrames(t *testing.T) {
 		t.Fatalf("binary got %v then %v", m1, m2)
 	}
 	f := ph.mustFrame()
-	if f.op != opPong || string(f.payload) != "pipe-ping" {
-		t.Fatalf("got op %#x %q, want the pong", f.op, f.payload)
+	if f.Op != wsclient.OpPong || string(f.Payload) != "pipe-ping" {
+		t.Fatalf("got op %#x %q, want the pong", f.Op, f.Payload)
 	}
 
 	// A binary's pipelined envelope is routed too.
 	rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("srv-pipe-2"),
-		cframe(true, opText, []byte(`{"conn_id":"client-srv-pipe-2-00000000","frame":1}`)))
+		wsclient.Masked(true, wsclient.OpText, []byte(`{"conn_id":"client-srv-pipe-2-00000000","frame":1}`)))
 	waitFor(t, "the pipelined envelope", func() bool { return r.Counters().Drop(loop.DropUnknownConnID) == 1 })
 }
 
@@ -655,10 +656,10 @@ func TestRegistryRefusalEndsOnCloseReply(t *testing.T) {
 		// Raw: the answer may follow in the same segment as other frames.
 		rc := rawUpgrade(t, r.addr, tc.path, rawPhoneLinesFor(tc.path, tc.id), nil)
 		f := rc.mustFrame()
-		if f.op != opClose {
-			t.Fatalf("got op %#x", f.op)
+		if f.Op != wsclient.OpClose {
+			t.Fatalf("got op %#x", f.Op)
 		}
-		rc.write(append(cframe(true, opText, []byte(`"ignored"`)), cframe(true, opClose, f.payload[:2])...))
+		rc.write(append(wsclient.Masked(true, wsclient.OpText, []byte(`"ignored"`)), wsclient.Masked(true, wsclient.OpClose, f.Payload[:2])...))
 		rc.expectEOF()
 		waitFor(t, "the refused connection to end", func() bool { return r.Live() == 1 })
 	}
@@ -683,7 +684,7 @@ func TestHTTPUpgradeNegotiatesNothing(t *testing.T) {
 		"upgrade: WebSocket",
 		"CONNECTION: keep-alive, Upgrade",
 		"sec-websocket-version: 13",
-		"sec-websocket-key: "+rawKey,
+		"sec-websocket-key: "+wsclient.SampleKey,
 		"Origin: https://evil.example",
 		"Sec-WebSocket-Protocol: chat, superchat",
 		"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
@@ -691,7 +692,7 @@ func TestHTTPUpgradeNegotiatesNothing(t *testing.T) {
 	rc := rawDial(t, r.addr)
 	rc.write([]byte(head))
 	resp, _ := rc.response()
-	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != rawAccept {
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != wsclient.Accept(wsclient.SampleKey) {
 		t.Fatalf("status %d, headers %v", resp.StatusCode, resp.Header)
 	}
 	for _, h := range []string{"Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions"} {
@@ -715,8 +716,8 @@ func TestHTTPUpgradeNegotiatesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := rc.mustFrame()
-	if f.op != opText || !regexp.MustCompile(`^\{"conn_id":"client-srv-neg-[0-9a-f]{8}","frame":\{"z":1\}\}$`).Match(f.payload) {
-		t.Fatalf("binary got %q", f.payload)
+	if f.Op != wsclient.OpText || !regexp.MustCompile(`^\{"conn_id":"client-srv-neg-[0-9a-f]{8}","frame":\{"z":1\}\}$`).Match(f.Payload) {
+		t.Fatalf("binary got %q", f.Payload)
 	}
 }
 
@@ -747,12 +748,12 @@ func TestRegisteredBeforeUpgradeAnswered(t *testing.T) {
 		if got := r.Phones(); got != 1 {
 			t.Fatalf("iteration %d: 101 received, Phones() = %d", i, got)
 		}
-		p.write(cframe(true, opText, []byte(`1`)))
-		if f := b.mustFrame(); f.op != opText {
-			t.Fatalf("iteration %d: binary got op %#x %q", i, f.op, f.payload)
+		p.write(wsclient.Masked(true, wsclient.OpText, []byte(`1`)))
+		if f := b.mustFrame(); f.Op != wsclient.OpText {
+			t.Fatalf("iteration %d: binary got op %#x %q", i, f.Op, f.Payload)
 		}
-		_ = p.c.Close()
-		_ = b.c.Close()
+		_ = p.Conn.Close()
+		_ = b.Conn.Close()
 		waitFor(t, "both to go", func() bool { return r.Live() == 0 && r.Binaries() == 0 })
 	}
 }
@@ -803,7 +804,7 @@ func TestAnswerClearsHandshakeDeadline(t *testing.T) {
 			if l.tornDownIn != 0 {
 				continue
 			}
-			if _, err := l.rc.c.Write([]byte{'x'}); err != nil {
+			if _, err := l.rc.Conn.Write([]byte{'x'}); err != nil {
 				if ne, ok := err.(net.Error); ok && ne.Timeout() {
 					t.Fatalf("still open after %s", testTimeout)
 				}

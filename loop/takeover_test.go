@@ -9,6 +9,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/wsclient"
 	"switchboard/loop"
 )
 
@@ -104,14 +105,14 @@ func TestTakeoverNewcomerLeavesWhileQueued(t *testing.T) {
 			rc := rawClaim(t, r.addr, "tk-leave")
 			waitFor(t, "probe started", func() bool { return r.Counters().TakeoverProbes.Load() == 1 })
 			if how == "close frame" {
-				rc.write(frameBytes(finBit|opClose, true, closeBody(1000, "")))
+				rc.write(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1000, "")))
 				// Answered at once, not when the probe ends: 101, then the echo.
 				if resp, _ := rc.response(); resp.StatusCode != http.StatusSwitchingProtocols {
 					t.Fatalf("status %d", resp.StatusCode)
 				}
 				rc.expectClose(1000, "")
 			} else {
-				_ = rc.c.Close()
+				_ = rc.Conn.Close()
 			}
 			waitFor(t, "newcomer gone", func() bool { return r.Live() == 2 })
 
@@ -135,10 +136,10 @@ func TestTakeoverWinnerAlreadyLeaving(t *testing.T) {
 	stuck := silentPeer(t, r.addr, "/v1/server", binaryHeaders("tk-won"))
 	sp := r.phone(t, "tk-won")
 	rc := rawClaim(t, r.addr, "tk-won")
-	local := rc.c.LocalAddr().String()
+	local := rc.Conn.LocalAddr().String()
 	leaving, resume := pauseAt(t, "leaving", func(_, remote string) bool { return remote == local })
 	waitFor(t, "probe started", func() bool { return r.Counters().TakeoverProbes.Load() == 1 })
-	rc.write(frameBytes(finBit|opClose, true, closeBody(1000, "")))
+	rc.write(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1000, "")))
 	waitClosed(t, leaving, "newcomer leaving")
 
 	// The probe expires meanwhile: the leaving newcomer wins.
@@ -147,8 +148,8 @@ func TestTakeoverWinnerAlreadyLeaving(t *testing.T) {
 	if resp, _ := rc.response(); resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	if f := rc.mustFrame(); f.op != opClose || string(f.payload) != string(closeBody(1000, "")) {
-		t.Fatalf("got op %#x %q, want the echo of its close", f.op, f.payload)
+	if f := rc.mustFrame(); f.Op != wsclient.OpClose || string(f.Payload) != string(wsclient.CloseBody(1000, "")) {
+		t.Fatalf("got op %#x %q, want the echo of its close", f.Op, f.Payload)
 	}
 	resume()
 	rc.expectEOF()
@@ -310,7 +311,7 @@ func TestShutdownAnswersQueuedClaims(t *testing.T) {
 		r := startRelay(t, loop.Config{DrainTimeout: drain, TakeoverTimeout: time.Minute, CloseLinger: linger})
 		holder := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("sd-after"), nil)
 		admitted, resume := pauseAt(t, "admitted", func(serverID, remote string) bool {
-			return serverID == "sd-after" && remote != holder.c.LocalAddr().String()
+			return serverID == "sd-after" && remote != holder.Conn.LocalAddr().String()
 		})
 		late := dialAsync(t, r.addr, "/v1/server", binaryHeaders("sd-after"))
 		waitClosed(t, admitted, "late claim past the draining check")
