@@ -17,7 +17,6 @@ package main
 // /healthz counts confirm it from the relays' side.
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +35,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"switchboard/internal/wsclient"
 )
 
 const (
@@ -163,17 +164,17 @@ type health struct {
 // nodeHealth asks a node (which requires PROXY v2) for /healthz directly.
 func nodeHealth(addr string) (health, error) {
 	var h health
-	nc, err := net.DialTimeout("tcp", addr, time.Second)
+	c, err := wsclient.DialTCP(addr, wsclient.Options{Timeout: time.Second})
 	if err != nil {
 		return h, err
 	}
-	defer nc.Close()
-	_ = nc.SetDeadline(time.Now().Add(2 * time.Second))
-	req := append(append([]byte(nil), proxyV2Local...), "GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"...)
-	if _, err := nc.Write(req); err != nil {
+	defer c.Close()
+	_ = c.Conn.SetDeadline(time.Now().Add(2 * time.Second))
+	req := append(append([]byte(nil), proxyV2Local...), wsclient.Head("/healthz", "node", "Connection: close")...)
+	if _, err := c.Conn.Write(req); err != nil {
 		return h, err
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	resp, err := c.ReadResponse(nil)
 	if err != nil {
 		return h, err
 	}
