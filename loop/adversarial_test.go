@@ -415,7 +415,7 @@ func TestSlowlorisClosedAtDeadlines(t *testing.T) {
 	// can be counted at the end.
 	bins := make([]*wsclient.Client, servers)
 	for k := range bins {
-		b, err := syncUpgrade(r.addr, "/v1/server", fmt.Sprintf("slow-%d", k))
+		b, err := syncUpgrade(r.Addr, "/v1/server", fmt.Sprintf("slow-%d", k))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -455,7 +455,7 @@ func TestSlowlorisClosedAtDeadlines(t *testing.T) {
 	var phoneMu sync.Mutex
 	var phoneSyncs []*wsclient.Client
 	parallel(halfFrames, func(i int) error {
-		c, err := syncUpgrade(r.addr, "/v1/client", fmt.Sprintf("slow-%d", i%servers))
+		c, err := syncUpgrade(r.Addr, "/v1/client", fmt.Sprintf("slow-%d", i%servers))
 		if err != nil {
 			return fmt.Errorf("half-frame phone %d: %w", i, err)
 		}
@@ -489,7 +489,7 @@ func TestSlowlorisClosedAtDeadlines(t *testing.T) {
 	parallel(halfHeads+dribblers+halfFrames, func(i int) error {
 		switch {
 		case i < halfHeads:
-			c, err := syncDial(r.addr)
+			c, err := syncDial(r.Addr)
 			if err != nil {
 				return err
 			}
@@ -506,7 +506,7 @@ func TestSlowlorisClosedAtDeadlines(t *testing.T) {
 			}
 			w.add(sc)
 		case i < halfHeads+dribblers:
-			c, err := syncDial(r.addr)
+			c, err := syncDial(r.Addr)
 			if err != nil {
 				return err
 			}
@@ -716,7 +716,7 @@ func TestSilentBinaryDoesNotHurtOthers(t *testing.T) {
 	})
 
 	start := time.Now()
-	silent := silentPeer(t, r.addr, "/v1/server", binaryHeaders("quiet"))
+	silent := silentPeer(t, r.Addr, "/v1/server", binaryHeaders("quiet"))
 	ps := []*peer{r.phone(t, "quiet"), r.phone(t, "quiet")} // these answer pings
 
 	// The binary: 1011 after its first ping (last quarter of the interval)

@@ -184,8 +184,8 @@ func buffered(c *loop.Counters) int64 {
 func TestMemoryBudgetHighMarkRefusesAndPauses(t *testing.T) {
 	const budget = 64 << 20
 	r := startRelay(t, loop.Config{MemoryBudgetBytes: budget, BinaryOutboxBytes: 256 << 20})
-	deaf := deafBinary(t, r.addr, "deaf-1")
-	phones := bigFramePhones(t, r.addr, "deaf-1", 4)
+	deaf := deafBinary(t, r.Addr, "deaf-1")
+	phones := bigFramePhones(t, r.Addr, "deaf-1", 4)
 	stop := make(chan struct{})
 	var most atomic.Int64
 	go func() {
@@ -210,7 +210,7 @@ func TestMemoryBudgetHighMarkRefusesAndPauses(t *testing.T) {
 	}
 	high := int64(budget / 100 * 80)
 	waitFor(t, "buffers past the high mark", func() bool { return buffered(r.Counters()) >= high })
-	_, resp, err := dial(t, r.addr, "/v1/client", phoneHeaders("deaf-1"))
+	_, resp, err := dial(t, r.Addr, "/v1/client", phoneHeaders("deaf-1"))
 	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("upgrade past the high mark: %v (response %v), want 503", err, resp)
 	}
@@ -231,7 +231,7 @@ func TestMemoryBudgetHighMarkRefusesAndPauses(t *testing.T) {
 
 	_ = deaf.Close()
 	waitFor(t, "buffers back under the high mark", func() bool { return buffered(c) < high })
-	if _, resp, err := dial(t, r.addr, "/v1/client", phoneHeaders("deaf-1")); err != nil {
+	if _, resp, err := dial(t, r.Addr, "/v1/client", phoneHeaders("deaf-1")); err != nil {
 		t.Fatalf("upgrade after the pressure went: %v (response %v)", err, resp)
 	}
 }
@@ -242,10 +242,10 @@ func TestMemoryBudgetHighMarkRefusesAndPauses(t *testing.T) {
 func TestMemoryBudgetLimitClosesLargestHolder(t *testing.T) {
 	const budget = 2 << 20
 	r := startRelay(t, loop.Config{MemoryBudgetBytes: budget, BinaryOutboxBytes: 256 << 20, PhonesPerServer: 64})
-	deafBinary(t, r.addr, "deaf-2")
+	deafBinary(t, r.Addr, "deaf-2")
 	c := r.Counters()
 	// Every phone connects first: past the high mark upgrades get 503.
-	phones := bigFramePhones(t, r.addr, "deaf-2", 40)
+	phones := bigFramePhones(t, r.Addr, "deaf-2", 40)
 	// Then one message each, one whole frame, so no turn ends between
 	// frames and no pause holds them back: 8 MB for a binary that reads
 	// nothing, more than the kernel's buffers and the budget together.
@@ -291,7 +291,7 @@ func TestPhonesFasterThanTheirBinaryAreSlowedNotClosed(t *testing.T) {
 		}}
 		return d.Dial(network, addr)
 	}}
-	bc, _, err := smallRcv.Dial("ws://"+r.addr+"/v1/server", binaryHeaders("busy-1"))
+	bc, _, err := smallRcv.Dial("ws://"+r.Addr+"/v1/server", binaryHeaders("busy-1"))
 	if err != nil {
 		t.Fatalf("binary: %v", err)
 	}
@@ -377,7 +377,7 @@ func TestPausedConnectionsEndCleanly(t *testing.T) {
 	// answers, read from their paused sockets, must end them.
 	const linger = 30 * time.Second
 	r := startRelay(t, loop.Config{BinaryOutboxBytes: 1 << 20, PhonesPerServer: phones, CloseLinger: linger})
-	deaf := deafBinary(t, r.addr, "paused-1")
+	deaf := deafBinary(t, r.Addr, "paused-1")
 	var ps []*peer
 	for range phones {
 		p := r.phone(t, "paused-1")
@@ -450,10 +450,10 @@ func TestShutdownClosesPausedConnectionsPastTheDrain(t *testing.T) {
 	const phones = 16
 	r := startRelay(t, loop.Config{BinaryOutboxBytes: 1 << 20, PhonesPerServer: phones,
 		DrainTimeout: 300 * time.Millisecond, CloseLinger: time.Minute})
-	deafBinary(t, r.addr, "drain-1")
+	deafBinary(t, r.Addr, "drain-1")
 	var ps []*rawClient
 	for range phones {
-		ps = append(ps, rawPhone(t, r.addr, "drain-1"))
+		ps = append(ps, rawPhone(t, r.Addr, "drain-1"))
 	}
 	frame := wsclient.Masked(true, wsclient.OpText, paddedFrame(1, 16<<10))
 	done := make(chan struct{}, phones)
@@ -502,7 +502,7 @@ func TestShutdownClosesPausedConnectionsPastTheDrain(t *testing.T) {
 func TestCloseJustBeforeAPausedSocketWaitsIsNotLost(t *testing.T) {
 	r := startRelay(t, loop.Config{BinaryOutboxBytes: 256 << 20})
 	bin := r.binary(t, "arm-1")
-	ph := bigFramePhones(t, r.addr, "arm-1", 1)[0]
+	ph := bigFramePhones(t, r.Addr, "arm-1", 1)[0]
 	c := r.Counters()
 	sent := 0
 	for c.PausedNow.Load() == 0 {

@@ -318,13 +318,13 @@ func TestGoroutinesFlatWithIdleConnections(t *testing.T) {
 	r := startRelay(t, loop.Config{})
 
 	// 100 idle connections: 10 binaries with 9 phones each.
-	syncGroups(t, r.addr, "idle-a", 10, 9)
+	syncGroups(t, r.Addr, "idle-a", 10, 9)
 	waitFor(t, "first 100 registered", func() bool { return r.Live() == 100 })
 	before := stableGoroutines(t)
 
 	// 4,000 more: 250 binaries with 15 phones each, every phone having sent
 	// one frame its binary received.
-	syncGroups(t, r.addr, "idle-b", 250, 15)
+	syncGroups(t, r.Addr, "idle-b", 250, 15)
 	waitFor(t, "4,100 registered", func() bool { return r.Live() == 4100 })
 	if got := r.Phones(); got != 10*9+250*15 {
 		t.Fatalf("%d phones registered, want %d", got, 10*9+250*15)
@@ -357,7 +357,7 @@ func TestSlowlorisClientsDoNotHurtOthers(t *testing.T) {
 	const servers, halfFrames, halfHeads = 50, 500, 500
 	bins := make([]*wsclient.Client, servers) // bins[k] holds slow-k
 	for k := range bins {
-		b, err := syncUpgrade(r.addr, "/v1/server", fmt.Sprintf("slow-%d", k))
+		b, err := syncUpgrade(r.Addr, "/v1/server", fmt.Sprintf("slow-%d", k))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -412,7 +412,7 @@ func TestSlowlorisClientsDoNotHurtOthers(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := w; i < halfFrames; i += 8 {
-				c, err := syncUpgrade(r.addr, "/v1/client", fmt.Sprintf("slow-%d", i%servers))
+				c, err := syncUpgrade(r.Addr, "/v1/client", fmt.Sprintf("slow-%d", i%servers))
 				if err != nil {
 					fail(err)
 					continue
@@ -424,7 +424,7 @@ func TestSlowlorisClientsDoNotHurtOthers(t *testing.T) {
 				halfFrameConns[i] = c
 			}
 			for i := w; i < halfHeads; i += 8 {
-				c, err := syncDial(r.addr)
+				c, err := syncDial(r.Addr)
 				if err != nil {
 					fail(err)
 					continue
@@ -533,7 +533,7 @@ func TestSlowPhoneDoesNotStallBinary(t *testing.T) {
 	fast := r.phone(t, "flood")
 	fastID := connIDOf(t, fast, b)
 
-	slow, err := syncUpgrade(r.addr, "/v1/client", "flood")
+	slow, err := syncUpgrade(r.Addr, "/v1/client", "flood")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -653,7 +653,7 @@ func TestSlowBinaryBoundsMemory(t *testing.T) {
 	})
 	others := []*rtPair{newRTPair(t, r, "other-0"), newRTPair(t, r, "other-1")}
 
-	slowBin, err := syncUpgrade(r.addr, "/v1/server", "stuck")
+	slowBin, err := syncUpgrade(r.Addr, "/v1/server", "stuck")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -744,7 +744,7 @@ func TestSlowBinaryBoundsMemory(t *testing.T) {
 
 func TestBurstToOnePhoneInOrder(t *testing.T) {
 	r := startRelay(t, loop.Config{})
-	b, err := syncUpgrade(r.addr, "/v1/server", "burst")
+	b, err := syncUpgrade(r.Addr, "/v1/server", "burst")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,7 +74,7 @@ func TestCloseNoticeOverflowCounted(t *testing.T) {
 		WriteTimeout:        time.Minute,
 	})
 	c := r.Counters()
-	holder := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("notices"), nil)
+	holder := rawUpgrade(t, r.Addr, "/v1/server", rawBinaryLines("notices"), nil)
 	spendControlSlack(t, r, holder) // socket full, outbox past its budget
 	ps := make([]*peer, phones)
 	for i := range ps {
@@ -98,7 +98,7 @@ func TestCloseNoticeOverflowCounted(t *testing.T) {
 // the relay sends it fills the socket buffers and then its outbox.
 func stuckPhone(t *testing.T, r *relay, b *peer, serverID string) (*rawClient, string) {
 	t.Helper()
-	rc := rawPhone(t, r.addr, serverID)
+	rc := rawPhone(t, r.Addr, serverID)
 	rc.write(wsclient.Masked(true, wsclient.OpText, []byte(`{"hello":1}`)))
 	id, err := envelopeConnID(b.next(t))
 	if err != nil {
@@ -260,7 +260,7 @@ func TestProbePingReachesBackloggedHolder(t *testing.T) {
 		TakeoverTimeout:     5 * time.Second, // with a dropped probe ping, this is when the takeover would come
 	})
 	c := r.Counters()
-	holder := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("backlog"), nil)
+	holder := rawUpgrade(t, r.Addr, "/v1/server", rawBinaryLines("backlog"), nil)
 	// From here the holder reads nothing until the probe's ping is queued.
 
 	// A phone floods it until the relay parks the phone (its frames left
@@ -303,7 +303,7 @@ func TestProbePingReachesBackloggedHolder(t *testing.T) {
 	}
 	newcomer := make(chan result, 1)
 	go func() {
-		nc, _, err := dialer.Dial("ws://"+r.addr+"/v1/server", binaryHeaders("backlog"))
+		nc, _, err := dialer.Dial("ws://"+r.Addr+"/v1/server", binaryHeaders("backlog"))
 		if err != nil {
 			newcomer <- result{err: err}
 			return
@@ -391,7 +391,7 @@ func TestProbePingReachesBackloggedHolder(t *testing.T) {
 		}
 		return c.OutboxBytesQueued.Load() == 0
 	})
-	p2 := mustDial(t, r.addr, "/v1/client", phoneHeaders("backlog"))
+	p2 := mustDial(t, r.Addr, "/v1/client", phoneHeaders("backlog"))
 	p2.send(t, `{"after":1}`)
 	until("the new phone's frame", func(f wsclient.Frame) bool {
 		return f.Op == wsclient.OpText && strings.HasSuffix(string(f.Payload), `"frame":{"after":1}}`)

@@ -197,7 +197,7 @@ func TestPhoneCloseNoticeAfterFrames(t *testing.T) {
 	p.expectClose(t, 4000, "")
 
 	// Same with the frames and the close frame in one TCP write.
-	ph := rawPhone(t, r.addr, "srv-order")
+	ph := rawPhone(t, r.Addr, "srv-order")
 	id = rawConnID(t, ph, b)
 	var wire []byte
 	for i := 0; i < 50; i++ {
@@ -229,7 +229,7 @@ func TestPhoneTCPDropNotice(t *testing.T) {
 
 	// A drop in the middle of a fragmented message: the partial message is
 	// never forwarded.
-	ph := rawPhone(t, r.addr, "srv-drop")
+	ph := rawPhone(t, r.Addr, "srv-drop")
 	id = rawConnID(t, ph, b)
 	ph.write(wsclient.Masked(false, wsclient.OpText, []byte(`{"partial":`)))
 	_ = ph.Conn.Close()
@@ -624,7 +624,7 @@ func TestBinaryDisconnectClosesPhones(t *testing.T) {
 				p.expectClose(t, 1000, "")
 			}
 			waitFor(t, "the slot to go", func() bool { return r.Binaries() == 1 && r.Phones() == 1 })
-			late, _, err := dial(t, r.addr, "/v1/client", phoneHeaders("srv-bye"))
+			late, _, err := dial(t, r.Addr, "/v1/client", phoneHeaders("srv-bye"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -659,7 +659,7 @@ func TestManyPhonesBothWays(t *testing.T) {
 	r := startRelay(t, loop.Config{})
 	d := websocket.Dialer{HandshakeTimeout: testTimeout, ReadBufferSize: 512, WriteBufferSize: 512}
 	dialWS := func(path string, h http.Header) (*websocket.Conn, error) {
-		c, _, err := d.DialContext(ctx, "ws://"+r.addr+path, h)
+		c, _, err := d.DialContext(ctx, "ws://"+r.Addr+path, h)
 		if err == nil {
 			t.Cleanup(func() { _ = c.Close() })
 		}
@@ -828,7 +828,7 @@ func TestNoNoticeToNewBinary(t *testing.T) {
 	// they are still connected when the next binary claims the id.
 	var phones []*rawClient
 	for i := 0; i < 4; i++ {
-		ph := rawPhone(t, r.addr, "srv-new")
+		ph := rawPhone(t, r.Addr, "srv-new")
 		rawConnID(t, ph, b1)
 		phones = append(phones, ph)
 	}

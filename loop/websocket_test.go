@@ -44,7 +44,7 @@ func expectMsg(t *testing.T, p *peer, want string) {
 func TestFragmentedPhoneMessages(t *testing.T) {
 	r := startRelay(t, loop.Config{GracePeriod: shortGrace})
 	b := r.binary(t, "srv-frag")
-	ph := rawPhone(t, r.addr, "srv-frag")
+	ph := rawPhone(t, r.Addr, "srv-frag")
 	id := rawConnID(t, ph, b)
 
 	var doc bytes.Buffer
@@ -96,7 +96,7 @@ func TestFragmentedPhoneMessages(t *testing.T) {
 func TestPingBetweenFragments(t *testing.T) {
 	r := startRelay(t, loop.Config{GracePeriod: shortGrace})
 	b := r.binary(t, "srv-ping")
-	ph := rawPhone(t, r.addr, "srv-ping")
+	ph := rawPhone(t, r.Addr, "srv-ping")
 	id := rawConnID(t, ph, b)
 
 	msg := []byte(`["one","two","three"]`)
@@ -141,28 +141,28 @@ func TestCloseHandshake(t *testing.T) {
 	b := r.binary(t, "srv-close")
 
 	t.Run("raw phone, code and reason", func(t *testing.T) {
-		ph := rawPhone(t, r.addr, "srv-close")
+		ph := rawPhone(t, r.Addr, "srv-close")
 		id := rawConnID(t, ph, b)
 		ph.write(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(4000, "bye now")))
 		ph.expectClose(4000, "")
 		expectMsg(t, b, notice(id, 4000))
 	})
 	t.Run("raw phone, 1000", func(t *testing.T) {
-		ph := rawPhone(t, r.addr, "srv-close")
+		ph := rawPhone(t, r.Addr, "srv-close")
 		id := rawConnID(t, ph, b)
 		ph.write(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1000, "")))
 		ph.expectClose(1000, "")
 		expectMsg(t, b, notice(id, 1000))
 	})
 	t.Run("raw phone, empty close", func(t *testing.T) {
-		ph := rawPhone(t, r.addr, "srv-close")
+		ph := rawPhone(t, r.Addr, "srv-close")
 		id := rawConnID(t, ph, b)
 		ph.write(wsclient.Masked(true, wsclient.OpClose, nil))
 		ph.expectClose(1005, "") // echoed with no body
 		expectMsg(t, b, notice(id, 1001))
 	})
 	t.Run("raw phone, data after close is ignored", func(t *testing.T) {
-		ph := rawPhone(t, r.addr, "srv-close")
+		ph := rawPhone(t, r.Addr, "srv-close")
 		id := rawConnID(t, ph, b)
 		ph.write(append(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(4001, "")), wsclient.Masked(true, wsclient.OpText, []byte(`"late"`))...))
 		ph.expectClose(4001, "")
@@ -179,7 +179,7 @@ func TestCloseHandshake(t *testing.T) {
 		expectMsg(t, b, notice(id, 4321))
 	})
 	t.Run("raw binary", func(t *testing.T) {
-		bin := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("srv-close-2"), nil)
+		bin := rawUpgrade(t, r.Addr, "/v1/server", rawBinaryLines("srv-close-2"), nil)
 		p := r.phone(t, "srv-close-2")
 		bin.write(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1001, "restarting")))
 		bin.expectClose(1001, "")
@@ -244,7 +244,7 @@ func TestProtocolViolations(t *testing.T) {
 	before := r.Counters().Close(loop.CloseProtocol)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ph := rawPhone(t, r.addr, "srv-proto")
+			ph := rawPhone(t, r.Addr, "srv-proto")
 			id := rawConnID(t, ph, b)
 			ph.write(tc.wire)
 			ph.expectClose(1002, "")
@@ -261,7 +261,7 @@ func TestProtocolViolations(t *testing.T) {
 	}
 
 	t.Run("binary", func(t *testing.T) {
-		bin := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("srv-proto-2"), nil)
+		bin := rawUpgrade(t, r.Addr, "/v1/server", rawBinaryLines("srv-proto-2"), nil)
 		p := r.phone(t, "srv-proto-2")
 		bin.write(wsclient.Unmasked(true, wsclient.OpText, []byte(`{}`)))
 		bin.expectClose(1002, "")
@@ -283,7 +283,7 @@ func TestMessageSizeLimit(t *testing.T) {
 			b := r.binary(t, "srv-size")
 
 			t.Run("phone exactly at the limit", func(t *testing.T) {
-				ph := rawPhone(t, r.addr, "srv-size")
+				ph := rawPhone(t, r.Addr, "srv-size")
 				id := rawConnID(t, ph, b)
 				ph.write(wsclient.Masked(true, wsclient.OpText, pad(limit)))
 				expectMsg(t, b, splice(id, pad(limit)))
@@ -311,7 +311,7 @@ func TestMessageSizeLimit(t *testing.T) {
 				{"header alone", wsclient.Masked(true, wsclient.OpText, pad(limit+1))[:14]},
 			} {
 				t.Run("phone one byte over/"+over.name, func(t *testing.T) {
-					ph := rawPhone(t, r.addr, "srv-size")
+					ph := rawPhone(t, r.Addr, "srv-size")
 					id := rawConnID(t, ph, b)
 					ph.write(over.wire)
 					ph.expectClose(1009, reason)
