@@ -1,36 +1,17 @@
 package loop_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/relaytest"
 	"switchboard/loop"
 )
-
-// lockedBuffer is a log sink the relay's goroutines may share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // logKeys is the closed set of keys the relay logs (docs/operations.md).
 var logKeys = map[string]bool{
@@ -42,7 +23,7 @@ var logKeys = map[string]bool{
 
 func TestLogsCarryNoSecretsAndOnlyKnownKeys(t *testing.T) {
 	const token, payload = "tok-SECRET-7f3a9", "PAYLOAD-c0ffee"
-	var sink lockedBuffer
+	var sink relaytest.LogSink
 	log := slog.New(slog.NewJSONHandler(&sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	r := startRelay(t, loop.Config{Logger: log, GracePeriod: shortGrace})
 
