@@ -12,33 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"switchboard/internal/relaytest"
 	"switchboard/loop"
 )
 
 // startRelay runs a Switchboard on a loopback port for one test.
 func startRelay(t *testing.T) string {
-	_, addr := startServer(t)
-	return addr
-}
-
-// startServer is startRelay that also returns the relay.
-func startServer(t *testing.T) (*loop.Server, string) {
-	t.Helper()
-	srv, err := loop.New(loop.Config{})
-	if err != nil {
-		t.Fatalf("loop.New: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-	return srv, ln.Addr().String()
+	return relaytest.Start(t, loop.Config{}).Addr
 }
 
 // summaryOf finds and decodes the SWLOAD_RESULT line.
