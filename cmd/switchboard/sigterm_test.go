@@ -5,15 +5,10 @@ package main
 // upgrades, waits for the close handshakes, and exits 0.
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,65 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"switchboard/internal/relaytest"
 	"switchboard/internal/wsclient"
 )
 
 const sigtermWait = 20 * time.Second // bounds each wait in this test
-
-// buildSwitchboard compiles this command into dir.
-func buildSwitchboard(t *testing.T, dir string) string {
-	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	bin := filepath.Join(dir, "switchboard")
-	cmd := exec.Command(goTool, "build", "-o", bin, ".")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// logSink collects the relay's stderr and reports the listening address.
-type logSink struct {
-	mu        sync.Mutex
-	buf       bytes.Buffer
-	partial   []byte
-	listening chan string
-}
-
-func (l *logSink) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Write(p)
-	l.partial = append(l.partial, p...)
-	for {
-		i := bytes.IndexByte(l.partial, '\n')
-		if i < 0 {
-			break
-		}
-		line := string(l.partial[:i])
-		l.partial = l.partial[i+1:]
-		if strings.Contains(line, "msg=listening") {
-			for _, f := range strings.Fields(line) {
-				if addr, ok := strings.CutPrefix(f, "addr="); ok {
-					select {
-					case l.listening <- addr:
-					default:
-					}
-				}
-			}
-		}
-	}
-	return len(p), nil
-}
-
-func (l *logSink) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
 
 // sources spreads the clients over several source addresses, so thousands
 // of connections (and TIME_WAIT from earlier runs) do not exhaust one
@@ -147,43 +88,9 @@ func TestSIGTERMDrainsEveryConnectionAndExits0(t *testing.T) {
 		drain       = 5 * time.Second
 		connections = binaries * (1 + phonesEach)
 	)
-	bin := buildSwitchboard(t, t.TempDir())
-
-	logs := &logSink{listening: make(chan string, 1)}
-	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--admin-listen", "", "--drain-timeout", drain.String(),
+	p := relaytest.Switchboard(t, "--listen", "127.0.0.1:0", "--admin-listen", "", "--drain-timeout", drain.String(),
 		"--rate-limit-burst", "0") // every client is on loopback: no per-IP limit
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "SWITCHBOARD_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{}) // closed once waitErr is set
-	var waitErr error
-	go func() {
-		waitErr = cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-
-	var addr string
-	select {
-	case addr = <-logs.listening:
-	case <-exited:
-		t.Fatalf("relay exited before listening: %v\n%s", waitErr, logs)
-	case <-time.After(sigtermWait):
-		t.Fatalf("relay not listening after %v\n%s", sigtermWait, logs)
-	}
+	addr := p.Addr
 
 	// 180 binaries with 16 phones each, opened by a few workers.
 	groups := make([]int, binaries)
@@ -238,7 +145,7 @@ func TestSIGTERMDrainsEveryConnectionAndExits0(t *testing.T) {
 	}
 
 	sigAt := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 
@@ -281,10 +188,10 @@ func TestSIGTERMDrainsEveryConnectionAndExits0(t *testing.T) {
 	allClosedAfter := time.Since(sigAt)
 
 	select {
-	case <-exited:
+	case <-p.Exited():
 		took := time.Since(sigAt)
-		if waitErr != nil {
-			t.Fatalf("relay exited with %v after SIGTERM, want status 0\n%s", waitErr, tail(logs.String()))
+		if err := p.Err(); err != nil {
+			t.Fatalf("relay exited with %v after SIGTERM, want status 0\n%s", err, p.Logs.Tail())
 		}
 		if took > drain {
 			t.Fatalf("relay exited %v after SIGTERM, want within the drain timeout %v", took, drain)
@@ -292,26 +199,17 @@ func TestSIGTERMDrainsEveryConnectionAndExits0(t *testing.T) {
 		t.Logf("%d connections (%d binaries, %d phones) got 1001 (first %v, all %v after SIGTERM); relay exited 0 after %v (drain timeout %v)",
 			got.Load(), binaries, binaries*phonesEach, firstCloseAfter, allClosedAfter, took, drain)
 	case <-time.After(drain + sigtermWait):
-		t.Fatalf("relay still running %v after SIGTERM\n%s", time.Since(sigAt), tail(logs.String()))
+		t.Fatalf("relay still running %v after SIGTERM\n%s", time.Since(sigAt), p.Logs.Tail())
 	}
 
-	out := logs.String()
+	out := p.Logs.String()
 	wantDraining := fmt.Sprintf("msg=draining binaries=%d phones=%d", binaries, binaries*phonesEach)
 	for _, want := range []string{"msg=stopping signal=terminated", wantDraining, "msg=stopped"} {
 		if !strings.Contains(out, want) {
-			t.Errorf("stderr lacks %q:\n%s", want, tail(out))
+			t.Errorf("stderr lacks %q:\n%s", want, p.Logs.Tail())
 		}
 	}
 	if strings.Contains(out, "drain deadline passed") {
-		t.Errorf("the drain ran into its deadline although every client answered:\n%s", tail(out))
+		t.Errorf("the drain ran into its deadline although every client answered:\n%s", p.Logs.Tail())
 	}
-}
-
-// tail is the end of a long log, for failure messages.
-func tail(s string) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > 20 {
-		lines = lines[len(lines)-20:]
-	}
-	return strings.Join(lines, "\n")
 }
