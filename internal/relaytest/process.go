@@ -225,28 +225,52 @@ func CleanEnv() []string {
 }
 
 // FreeAddr returns a loopback host:port nobody was listening on a moment
-// ago. The port is picked below the ephemeral range when there is room, so
-// that no outgoing connection can take it between a relay's exit and its
-// restart on the same port.
+// ago, and never the same one twice in a test binary: a test takes several
+// before starting anything on them. The port is picked below the ephemeral
+// range when there is room, so that no outgoing connection can take it
+// between a relay's exit and its restart on the same port.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
+	handedOut.mu.Lock()
+	defer handedOut.mu.Unlock()
+	if handedOut.addrs == nil {
+		handedOut.addrs = map[string]bool{}
+	}
+	// take listens on addr once and keeps the address if it is new.
+	take := func(addr string) (string, bool) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return "", false
+		}
+		addr = ln.Addr().String()
+		ln.Close()
+		if handedOut.addrs[addr] {
+			return "", false
+		}
+		handedOut.addrs[addr] = true
+		return addr, true
+	}
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
 		if f := strings.Fields(string(b)); len(f) == 2 {
 			if lo, err := strconv.Atoi(f[0]); err == nil && lo > 12000 {
 				for range 100 {
-					addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(10000+rand.IntN(lo-10000)))
-					if ln, err := net.Listen("tcp", addr); err == nil {
-						ln.Close()
+					if addr, ok := take(net.JoinHostPort("127.0.0.1", strconv.Itoa(10000+rand.IntN(lo-10000)))); ok {
 						return addr
 					}
 				}
 			}
 		}
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		if addr, ok := take("127.0.0.1:0"); ok {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("relaytest.FreeAddr: no free loopback port")
+	return ""
+}
+
+var handedOut struct {
+	mu    sync.Mutex
+	addrs map[string]bool
 }

@@ -155,11 +155,18 @@ func TestCleanEnvDropsRelaySettings(t *testing.T) {
 	}
 }
 
-func TestFreeAddrIsLoopbackAndFree(t *testing.T) {
-	addr := relaytest.FreeAddr(t)
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatalf("FreeAddr %s: %v", addr, err)
+func TestFreeAddrIsLoopbackFreeAndNew(t *testing.T) {
+	seen := map[string]bool{}
+	for range 20 {
+		addr := relaytest.FreeAddr(t)
+		if seen[addr] {
+			t.Fatalf("FreeAddr handed out %s twice", addr)
+		}
+		seen[addr] = true
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("FreeAddr %s: %v", addr, err)
+		}
+		ln.Close()
 	}
-	ln.Close()
 }
