@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"net"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +14,10 @@ import (
 	"switchboard/internal/relaytest"
 	"switchboard/loop"
 )
+
+// TestWorkerProcesses runs the built command; relaytest builds it and
+// removes it after.
+func TestMain(m *testing.M) { relaytest.Main(m) }
 
 // startRelay runs a Switchboard on a loopback port for one test.
 func startRelay(t *testing.T) string {
@@ -216,10 +219,7 @@ func TestWorkerProcesses(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	addr := startRelay(t)
-	bin := filepath.Join(t.TempDir(), "swload")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := relaytest.Build(t, "switchboard/cmd/swload")
 	for _, tc := range []struct {
 		mode string
 		args []string
