@@ -67,10 +67,15 @@ func dial(t testing.TB, addr, path string, h http.Header) (*peer, *http.Response
 		return nil, resp, err
 	}
 	c.SetReadLimit(64 << 20)
+	return newPeer(t, c), resp, nil
+}
+
+// newPeer starts c's read loop and closes c when the test ends.
+func newPeer(t testing.TB, c *websocket.Conn) *peer {
 	p := &peer{conn: c, events: make(chan event, 4096)}
 	go p.readLoop()
 	t.Cleanup(func() { _ = c.Close() })
-	return p, resp, nil
+	return p
 }
 
 func (p *peer) readLoop() {

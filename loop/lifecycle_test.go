@@ -25,10 +25,7 @@ func silentPeer(t testing.TB, addr, path string, h http.Header) *peer {
 		t.Fatalf("dial %s: %v", path, err)
 	}
 	c.SetPingHandler(func(string) error { return nil })
-	p := &peer{conn: c, events: make(chan event, 4096)}
-	go p.readLoop()
-	t.Cleanup(func() { _ = c.Close() })
-	return p
+	return newPeer(t, c)
 }
 
 // countingPeer answers pings and counts them.
@@ -42,10 +39,7 @@ func countingPeer(t testing.TB, addr, path string, h http.Header, pings *atomic.
 		pings.Add(1)
 		return c.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
 	})
-	p := &peer{conn: c, events: make(chan event, 4096)}
-	go p.readLoop()
-	t.Cleanup(func() { _ = c.Close() })
-	return p
+	return newPeer(t, c)
 }
 
 func roundTrip(t testing.TB, phone, binary *peer, msg string) {
@@ -186,9 +180,7 @@ func TestTakeoverProbe(t *testing.T) {
 			done <- nil
 			return
 		}
-		np := &peer{conn: c, events: make(chan event, 64)}
-		go np.readLoop()
-		done <- np
+		done <- newPeer(t, c)
 	}()
 	// While the probe waits, other server-ids and the holder's phone route.
 	waitFor(t, "probe started", func() bool { return r.Counters().TakeoverProbes.Load() == 2 })
@@ -197,7 +189,6 @@ func TestTakeoverProbe(t *testing.T) {
 	if newcomer == nil {
 		t.FailNow()
 	}
-	t.Cleanup(func() { newcomer.conn.Close() })
 	if took := time.Since(start); took < 250*time.Millisecond {
 		t.Fatalf("took over after %v, before the probe timeout", took)
 	}
