@@ -1,7 +1,6 @@
 package loop_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -133,25 +132,20 @@ func TestFloodingPhoneIsPausedNotDropped(t *testing.T) {
 // and never reads again: everything the relay sends it piles up.
 func deafBinary(t *testing.T, addr, serverID string) net.Conn {
 	t.Helper()
-	d := net.Dialer{Timeout: testTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
+	c, err := wsclient.DialTCP(addr, wsclient.Options{Timeout: testTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) {
 			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<10)
 		})
-	}}
-	c, err := d.Dial("tcp", addr)
+	}})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	if _, err := c.Write([]byte(requestHead("/v1/server", withUpgrade(rawBinaryLines(serverID))...))); err != nil {
-		t.Fatalf("write: %v", err)
+	_ = c.Conn.SetReadDeadline(time.Now().Add(testTimeout))
+	if _, err := c.Upgrade(wsclient.Request{Path: "/v1/server", Host: "relay.test", Key: wsclient.SampleKey, Lines: rawBinaryLines(serverID)}); err != nil {
+		t.Fatalf("deaf binary's upgrade: %v", err)
 	}
-	_ = c.SetReadDeadline(time.Now().Add(testTimeout))
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("deaf binary's upgrade: %v %v", resp, err)
-	}
-	return c
+	return c.Conn
 }
 
 // bigFrameDialer writes each message as one frame.
