@@ -39,18 +39,10 @@ func syncDial(addr string) (*wsclient.Client, error) {
 	return wsclient.DialTCP(addr, wsclient.Options{Timeout: testTimeout, Local: syncSources.Next(), ReadBufferSize: 512})
 }
 
-// syncLines are the pyrycode header lines a client of this role sends.
-func syncLines(path, serverID string) []string {
-	if path == "/v1/server" {
-		return []string{"X-Pyrycode-Server: " + serverID, "X-Pyrycode-Version: 2", "User-Agent: pyry-raw/1"}
-	}
-	return []string{"X-Pyrycode-Server: " + serverID, "X-Pyrycode-Token: secret-token-123", "User-Agent: phone-raw/1"}
-}
-
 // upgradeHead is the upgrade request a client of this role sends, for tests
 // that send it in pieces.
 func upgradeHead(path, serverID, key string) string {
-	return string(wsclient.Head(path, "relay.test", append(wsclient.UpgradeLines(key), syncLines(path, serverID)...)...))
+	return string(wsclient.Head(path, "relay.test", append(wsclient.UpgradeLines(key), rawLines(path, serverID)...)...))
 }
 
 // syncUpgrade dials addr, upgrades on path for serverID and checks the 101.
@@ -62,7 +54,7 @@ func syncUpgrade(addr, path, serverID string) (*wsclient.Client, error) {
 		return nil, err
 	}
 	_ = c.Conn.SetReadDeadline(time.Now().Add(testTimeout))
-	if _, err := c.Upgrade(wsclient.Request{Path: path, Host: "relay.test", Lines: syncLines(path, serverID)}); err != nil {
+	if _, err := c.Upgrade(wsclient.Request{Path: path, Host: "relay.test", Lines: rawLines(path, serverID)}); err != nil {
 		c.Close()
 		return nil, err
 	}

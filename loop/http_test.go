@@ -654,7 +654,7 @@ func TestRegistryRefusalEndsOnCloseReply(t *testing.T) {
 		waitFor(t, "the refused connection to end", func() bool { return r.Live() == 1 })
 
 		// Raw: the answer may follow in the same segment as other frames.
-		rc := rawUpgrade(t, r.Addr, tc.path, rawPhoneLinesFor(tc.path, tc.id), nil)
+		rc := rawUpgrade(t, r.Addr, tc.path, rawLines(tc.path, tc.id), nil)
 		f := rc.mustFrame()
 		if f.Op != wsclient.OpClose {
 			t.Fatalf("got op %#x", f.Op)
@@ -666,13 +666,6 @@ func TestRegistryRefusalEndsOnCloseReply(t *testing.T) {
 	// Every slot freed: a phone fits under the cap of 2 again.
 	p := r.phone(t, "srv-rf")
 	connIDOf(t, p, b)
-}
-
-func rawPhoneLinesFor(path, id string) []string {
-	if path == "/v1/server" {
-		return rawBinaryLines(id)
-	}
-	return rawPhoneLines(id)
 }
 
 // Origin is not checked, no subprotocol is chosen and no extension is

@@ -74,6 +74,14 @@ func rawPhoneLines(serverID string) []string {
 	return []string{"X-Pyrycode-Server: " + serverID, "X-Pyrycode-Token: tok", "User-Agent: raw-test/1"}
 }
 
+// rawLines are the pyrycode header lines of the role path upgrades to.
+func rawLines(path, serverID string) []string {
+	if path == "/v1/server" {
+		return rawBinaryLines(serverID)
+	}
+	return rawPhoneLines(serverID)
+}
+
 func withUpgrade(lines []string) []string {
 	return append(append([]string(nil), lines...), upgradeLines...)
 }
