@@ -3,13 +3,14 @@ package bench
 import (
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"switchboard/internal/wsclient"
 )
 
 var (
@@ -42,7 +43,7 @@ var benchFrame = func() []byte {
 
 // echoBinary sends every envelope straight back: {"conn_id":…,"frame":…} is
 // also a valid binary→phone envelope, so the binary does no parsing at all.
-func echoBinary(c *Client) {
+func echoBinary(c *wsclient.Client) {
 	for {
 		_, p, err := c.ReadFrame()
 		if err != nil {
@@ -56,15 +57,12 @@ func echoBinary(c *Client) {
 
 // fleet is binaries with their phones, all connected to one relay.
 type fleet struct {
-	binaries, phones []*Client
-	next             atomic.Int64 // source address rotation
+	binaries, phones []*wsclient.Client
+	src              wsclient.Spread // large runs would exhaust one source address's ports
 }
 
-// localAddr spreads clients over 127.0.0.2…9 so large runs don't exhaust
-// one source address's ephemeral ports.
-func (f *fleet) localAddr() net.Addr {
-	n := f.next.Add(1)
-	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+n%8))}
+func (f *fleet) dial(addr, path string, h http.Header) (*wsclient.Client, error) {
+	return wsclient.Dial(addr, wsclient.Options{Timeout: dialTimeout, Local: f.src.Next()}, wsclient.Request{Path: path, Header: h})
 }
 
 // grow adds phones (and binaries for them, 16 phones each); every new phone
@@ -74,7 +72,7 @@ func (f *fleet) grow(tb testing.TB, addr string, phones int) {
 	tb.Helper()
 	first := len(f.binaries)
 	nb := (phones + phonesPerBinary - 1) / phonesPerBinary
-	newPhones := make([]*Client, phones)
+	newPhones := make([]*wsclient.Client, phones)
 	var wg sync.WaitGroup
 	var failed atomic.Value
 	work := make(chan int)
@@ -84,14 +82,14 @@ func (f *fleet) grow(tb testing.TB, addr string, phones int) {
 			defer wg.Done()
 			for bi := range work {
 				id := fmt.Sprintf("bench-%d", first+bi)
-				bc, err := Dial(addr, "/v1/server", headers(id, false), f.localAddr(), dialTimeout)
+				bc, err := f.dial(addr, "/v1/server", headers(id, false))
 				if err != nil {
 					failed.Store(err)
 					continue
 				}
 				go echoBinary(bc)
 				for j := bi * phonesPerBinary; j < min((bi+1)*phonesPerBinary, phones); j++ {
-					pc, err := Dial(addr, "/v1/client", headers(id, true), f.localAddr(), dialTimeout)
+					pc, err := f.dial(addr, "/v1/client", headers(id, true))
 					if err == nil {
 						err = pc.WriteText(benchFrame)
 					}
@@ -121,7 +119,7 @@ func (f *fleet) grow(tb testing.TB, addr string, phones int) {
 
 var fleetMu sync.Mutex
 
-func (f *fleet) add(b *Client, phones []*Client) {
+func (f *fleet) add(b *wsclient.Client, phones []*wsclient.Client) {
 	fleetMu.Lock()
 	defer fleetMu.Unlock()
 	if b != nil {
@@ -161,7 +159,7 @@ func BenchmarkRelay(b *testing.B) {
 	}
 }
 
-func runRoundTrips(b *testing.B, p *relayProc, phones []*Client, inflight int) {
+func runRoundTrips(b *testing.B, p *relayProc, phones []*wsclient.Client, inflight int) {
 	per := max(1, b.N/len(phones))
 	lat := make([][]time.Duration, len(phones))
 	for i := range lat {
@@ -225,7 +223,7 @@ func runRoundTrips(b *testing.B, p *relayProc, phones []*Client, inflight int) {
 // timed section, so the relay's buffer pools already hold what inflight
 // frames per phone need: the allocations reported are steady state, not the
 // pools filling (which at 16 in flight is ~16,000 frame buffers at once).
-func warmUp(b *testing.B, phones []*Client, inflight int) {
+func warmUp(b *testing.B, phones []*wsclient.Client, inflight int) {
 	var wg sync.WaitGroup
 	for _, pc := range phones {
 		wg.Add(1)

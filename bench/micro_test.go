@@ -7,6 +7,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"switchboard/envelope"
+	"switchboard/internal/wsclient"
 	"switchboard/registry"
 	"switchboard/wsframe"
 )
@@ -15,7 +16,7 @@ import (
 // must report 0 allocs/op: they run once or more per forwarded frame.
 
 func BenchmarkParseFrameHeader(b *testing.B) {
-	frame := AppendMaskedFrame(nil, 0x1, benchFrame)
+	frame := wsclient.AppendMasked(nil, wsclient.OpText, benchFrame)
 	b.ReportAllocs()
 	b.SetBytes(int64(len(frame)))
 	for b.Loop() {

@@ -4,83 +4,42 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"switchboard/internal/relaytest"
 )
 
 // Relays under test run as their own processes, so their CPU time, memory
 // and goroutines are measured apart from the clients driving them.
 var relayImpls = []string{"switchboard", "baseline"}
 
-var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
-)
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binDir != "" {
-		os.RemoveAll(binDir)
-	}
-	os.Exit(code)
-}
-
-func buildRelays() error {
-	buildOnce.Do(func() {
-		binDir, buildErr = os.MkdirTemp("", "switchboard-bench-")
-		if buildErr != nil {
-			return
-		}
-		for _, pkg := range []string{"switchboard", "baseline-relay"} {
-			out, err := exec.Command("go", "build", "-o", filepath.Join(binDir, pkg), "../cmd/"+pkg).CombinedOutput()
-			if err != nil {
-				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
-				return
-			}
-		}
-	})
-	return buildErr
-}
+func TestMain(m *testing.M) { relaytest.Main(m) }
 
 // relayProc is a relay process on loopback ports.
 type relayProc struct {
-	cmd   *exec.Cmd
+	proc  *relaytest.Process
 	addr  string // main listener
 	admin string // pprof listener
 }
 
-func freePort(tb testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func startRelayProc(tb testing.TB, impl string) *relayProc {
 	tb.Helper()
-	if err := buildRelays(); err != nil {
-		tb.Fatal(err)
-	}
-	p := &relayProc{addr: freePort(tb), admin: freePort(tb)}
+	p := &relayProc{addr: relaytest.FreeAddr(tb), admin: relaytest.FreeAddr(tb)}
+	var c relaytest.Command
 	switch impl {
 	case "switchboard":
-		p.cmd = exec.Command(filepath.Join(binDir, "switchboard"), "--listen", p.addr,
-			"--admin-listen", p.admin, "--pprof", "--log-level", "warn", "--max-connections", "19500", "--rate-limit-burst", "0")
+		c.Path = relaytest.Build(tb, "switchboard/cmd/switchboard")
+		c.Args = []string{"--listen", p.addr, "--admin-listen", p.admin, "--pprof", "--log-level", "warn",
+			"--max-connections", "19500", "--rate-limit-burst", "0"}
 	case "baseline":
-		p.cmd = exec.Command(filepath.Join(binDir, "baseline-relay"), "--listen", p.addr,
-			"--admin-listen", p.admin, "--claim-before-upgrade", "--log-level", "warn")
+		c.Path = relaytest.Build(tb, "switchboard/cmd/baseline-relay")
+		c.Args = []string{"--listen", p.addr, "--admin-listen", p.admin, "--claim-before-upgrade", "--log-level", "warn"}
 	default:
 		tb.Fatalf("unknown relay %q", impl)
 	}
@@ -91,23 +50,11 @@ func startRelayProc(tb testing.TB, impl string) *relayProc {
 		if err != nil {
 			tb.Fatalf("-relay-cpus needs taskset: %v", err)
 		}
-		p.cmd.Path, p.cmd.Args = path, append([]string{"taskset", "-c", *flagRelayCPUs}, p.cmd.Args...)
+		c.Path, c.Args = path, append([]string{"-c", *flagRelayCPUs, c.Path}, c.Args...)
 	}
-	p.cmd.Stderr = os.Stderr
-	if err := p.cmd.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = p.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-done
-		}
-	})
+	c.Tee = os.Stderr
+	c.StopGrace = 15 * time.Second
+	p.proc = relaytest.Exec(tb, c)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		resp, err := http.Get("http://" + p.addr + "/healthz")
@@ -126,7 +73,7 @@ func startRelayProc(tb testing.TB, impl string) *relayProc {
 
 // cpu returns the process's user+system CPU time so far.
 func (p *relayProc) cpu(tb testing.TB) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.proc.Cmd.Process.Pid))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -139,7 +86,7 @@ func (p *relayProc) cpu(tb testing.TB) time.Duration {
 
 // rss returns the process's resident set size in bytes.
 func (p *relayProc) rss(tb testing.TB) int64 {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.proc.Cmd.Process.Pid))
 	if err != nil {
 		tb.Fatal(err)
 	}

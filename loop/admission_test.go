@@ -6,9 +6,7 @@ package loop_test
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -34,7 +32,7 @@ func admAttempt(t *testing.T, addr string, prefix []byte, path string, extra ...
 	rc := rawDial(t, addr)
 	rc.write(append(append([]byte(nil), prefix...), requestHead(path, append(withUpgrade(lines), extra...)...)...))
 	resp, body := rc.response()
-	_ = rc.c.Close()
+	_ = rc.Conn.Close()
 	return resp.StatusCode, string(body)
 }
 
@@ -50,7 +48,7 @@ func admHealth(t *testing.T, addr string, prefix []byte) int {
 	rc := rawDial(t, addr)
 	rc.write(append(append([]byte(nil), prefix...), requestHead("/healthz")...))
 	resp, _ := rc.response()
-	_ = rc.c.Close()
+	_ = rc.Conn.Close()
 	return resp.StatusCode
 }
 
@@ -62,7 +60,7 @@ func TestRateLimitBurstEdge(t *testing.T) {
 		if i%2 == 0 {
 			path = "/v1/server" // both upgrade paths draw on one bucket
 		}
-		st, _ := admAttempt(t, r.addr, nil, path)
+		st, _ := admAttempt(t, r.Addr, nil, path)
 		admExpect(t, fmt.Sprintf("attempt %d of %d (%s)", i, burst, path), st, 101)
 	}
 	for _, path := range []string{"/v1/client", "/v1/server"} {
@@ -70,7 +68,7 @@ func TestRateLimitBurstEdge(t *testing.T) {
 		if path == "/v1/client" {
 			lines = rawPhoneLines("over-limit")
 		}
-		rc := rawDial(t, r.addr)
+		rc := rawDial(t, r.Addr)
 		rc.write([]byte(requestHead(path, withUpgrade(lines)...)))
 		resp, body := rc.response()
 		if resp.StatusCode != http.StatusTooManyRequests {
@@ -94,16 +92,16 @@ func TestRateLimitRefillsAfterInterval(t *testing.T) {
 	r := startRelay(t, loop.Config{RateLimitBurst: 2, RateLimitInterval: interval})
 	start := time.Now()
 	for i := range 2 {
-		st, _ := admAttempt(t, r.addr, nil, "/v1/client")
+		st, _ := admAttempt(t, r.Addr, nil, "/v1/client")
 		admExpect(t, fmt.Sprintf("attempt %d", i+1), st, 101)
 	}
-	st, _ := admAttempt(t, r.addr, nil, "/v1/client")
+	st, _ := admAttempt(t, r.Addr, nil, "/v1/client")
 	admExpect(t, "attempt 3", st, 429)
 	// Poll: refused attempts spend nothing, and the first token is back one
 	// interval after the first attempt.
 	deadline := time.Now().Add(testTimeout)
 	for {
-		st, _ = admAttempt(t, r.addr, nil, "/v1/client")
+		st, _ = admAttempt(t, r.Addr, nil, "/v1/client")
 		if st == 101 {
 			break
 		}
@@ -119,7 +117,7 @@ func TestRateLimitRefillsAfterInterval(t *testing.T) {
 	}
 	// One token, not two: the next attempt right away is refused (only
 	// checkable while "right away" is well inside the next interval).
-	st, _ = admAttempt(t, r.addr, nil, "/v1/client")
+	st, _ = admAttempt(t, r.Addr, nil, "/v1/client")
 	if time.Since(refilled) < interval/2 {
 		admExpect(t, "attempt right after the refill", st, 429)
 	}
@@ -128,7 +126,7 @@ func TestRateLimitRefillsAfterInterval(t *testing.T) {
 func TestRateLimitOffWithBurstZero(t *testing.T) {
 	r := startRelay(t, loop.Config{RateLimitBurst: 0, RateLimitInterval: time.Hour})
 	for i := range 60 {
-		st, _ := admAttempt(t, r.addr, nil, "/v1/client")
+		st, _ := admAttempt(t, r.Addr, nil, "/v1/client")
 		admExpect(t, fmt.Sprintf("attempt %d", i+1), st, 101)
 	}
 	if got := r.Counters().Reject(loop.RejectRateLimit); got != 0 {
@@ -139,14 +137,14 @@ func TestRateLimitOffWithBurstZero(t *testing.T) {
 func TestHealthzIsNeverRateLimited(t *testing.T) {
 	r := startRelay(t, loop.Config{RateLimitBurst: 1, RateLimitInterval: time.Hour})
 	for i := range 10 {
-		admExpect(t, fmt.Sprintf("healthz %d", i+1), admHealth(t, r.addr, nil), 200)
+		admExpect(t, fmt.Sprintf("healthz %d", i+1), admHealth(t, r.Addr, nil), 200)
 	}
-	st, _ := admAttempt(t, r.addr, nil, "/v1/client")
+	st, _ := admAttempt(t, r.Addr, nil, "/v1/client")
 	admExpect(t, "first upgrade after healthz", st, 101) // healthz spent nothing
-	st, _ = admAttempt(t, r.addr, nil, "/v1/client")
+	st, _ = admAttempt(t, r.Addr, nil, "/v1/client")
 	admExpect(t, "second upgrade", st, 429)
 	for i := range 10 {
-		admExpect(t, fmt.Sprintf("healthz over the limit %d", i+1), admHealth(t, r.addr, nil), 200)
+		admExpect(t, fmt.Sprintf("healthz over the limit %d", i+1), admHealth(t, r.Addr, nil), 200)
 	}
 }
 
@@ -159,12 +157,12 @@ func TestRateLimitCountsHeaderGateRefusals(t *testing.T) {
 	r := startRelay(t, loop.Config{RateLimitBurst: burst, RateLimitInterval: time.Hour})
 	missingToken := requestHead("/v1/client", withUpgrade([]string{"User-Agent: x", "X-Pyrycode-Server: s"})...)
 	for i := 1; i <= burst; i++ {
-		resp, _ := exchange(t, r.addr, missingToken)
+		resp, _ := exchange(t, r.Addr, missingToken)
 		admExpect(t, fmt.Sprintf("missing token, %d of %d", i, burst), resp.StatusCode, 400)
 	}
-	st, _ := admAttempt(t, r.addr, nil, "/v1/server")
+	st, _ := admAttempt(t, r.Addr, nil, "/v1/server")
 	admExpect(t, "valid binary upgrade after the 400s", st, 429)
-	resp, _ := exchange(t, r.addr, missingToken)
+	resp, _ := exchange(t, r.Addr, missingToken)
 	admExpect(t, "another missing token past the burst", resp.StatusCode, 429)
 	c := r.Counters()
 	if got := c.Reject(loop.RejectHeaders); got != burst {
@@ -176,7 +174,7 @@ func TestRateLimitCountsHeaderGateRefusals(t *testing.T) {
 	if s, p := c.Upgrades[0][loop.UpgradeRejectRateLimit].Load(), c.Upgrades[1][loop.UpgradeRejectRateLimit].Load(); s != 1 || p != 1 {
 		t.Fatalf("reject_rate_limit server=%d client=%d, want 1 1", s, p)
 	}
-	admExpect(t, "healthz over the limit", admHealth(t, r.addr, nil), 200)
+	admExpect(t, "healthz over the limit", admHealth(t, r.Addr, nil), 200)
 }
 
 // TestRateLimitOrderAmongRefusals: the limit is the first check on an
@@ -210,18 +208,18 @@ func TestRateLimitOrderAmongRefusals(t *testing.T) {
 	r := startRelay(t, loop.Config{RateLimitBurst: burst, RateLimitInterval: time.Hour, MaxConnections: 1})
 	for _, f := range free {
 		for i := range burst + 1 { // more than the burst: had they spent, the gate below would see 429
-			resp, _ := exchange(t, r.addr, f.head)
+			resp, _ := exchange(t, r.Addr, f.head)
 			admExpect(t, fmt.Sprintf("%s %d", f.what, i+1), resp.StatusCode, f.status)
 		}
 	}
-	b := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("holder"), nil) // a token, and the one slot
-	defer func() { _ = b.c.Close() }()
+	b := rawUpgrade(t, r.Addr, "/v1/server", rawBinaryLines("holder"), nil) // a token, and the one slot
+	defer func() { _ = b.Conn.Close() }()
 	for _, g := range gate {
-		resp, _ := exchange(t, r.addr, g.head)
+		resp, _ := exchange(t, r.Addr, g.head)
 		admExpect(t, g.what+" within the burst", resp.StatusCode, g.status)
 	}
 	for _, g := range gate {
-		resp, body := exchange(t, r.addr, g.head)
+		resp, body := exchange(t, r.Addr, g.head)
 		admExpect(t, g.what+" past the burst", resp.StatusCode, 429)
 		if len(body) != 0 {
 			t.Fatalf("%s past the burst: body %q, want empty", g.what, body)
@@ -243,25 +241,25 @@ func TestXForwardedForOnlyWhenTrusted(t *testing.T) {
 	xff := func(v string) string { return "X-Forwarded-For: " + v }
 	t.Run("ignored", func(t *testing.T) {
 		r := startRelay(t, loop.Config{RateLimitBurst: 1, RateLimitInterval: time.Hour})
-		st, _ := admAttempt(t, r.addr, nil, "/v1/client", xff("203.0.113.1"))
+		st, _ := admAttempt(t, r.Addr, nil, "/v1/client", xff("203.0.113.1"))
 		admExpect(t, "first source", st, 101)
-		st, _ = admAttempt(t, r.addr, nil, "/v1/client", xff("203.0.113.2"))
+		st, _ = admAttempt(t, r.Addr, nil, "/v1/client", xff("203.0.113.2"))
 		admExpect(t, "another forwarded source, same socket", st, 429)
 	})
 	t.Run("trusted", func(t *testing.T) {
 		r := startRelay(t, loop.Config{RateLimitBurst: 1, RateLimitInterval: time.Hour, TrustXForwardedFor: true})
 		for _, v := range []string{"203.0.113.1", "203.0.113.2, 10.0.0.1", "2001:db8::1", " 198.51.100.4 , 203.0.113.1"} {
-			st, _ := admAttempt(t, r.addr, nil, "/v1/client", xff(v))
+			st, _ := admAttempt(t, r.Addr, nil, "/v1/client", xff(v))
 			admExpect(t, "first attempt of "+v, st, 101)
 		}
 		for _, v := range []string{"203.0.113.1", "203.0.113.2", "2001:db8:0::1, 192.0.2.1", "::ffff:198.51.100.4"} {
-			st, _ := admAttempt(t, r.addr, nil, "/v1/client", xff(v))
+			st, _ := admAttempt(t, r.Addr, nil, "/v1/client", xff(v))
 			admExpect(t, "second attempt of "+v, st, 429)
 		}
 		// Unparseable or absent: the socket's address is the source.
-		st, _ := admAttempt(t, r.addr, nil, "/v1/client", xff("unknown"))
+		st, _ := admAttempt(t, r.Addr, nil, "/v1/client", xff("unknown"))
 		admExpect(t, "unparseable X-Forwarded-For, first from the socket", st, 101)
-		st, _ = admAttempt(t, r.addr, nil, "/v1/client")
+		st, _ = admAttempt(t, r.Addr, nil, "/v1/client")
 		admExpect(t, "no X-Forwarded-For, second from the socket", st, 429)
 	})
 }
@@ -294,37 +292,37 @@ func admProxyHeader(src string) []byte {
 func TestProxyV2SourceIsTheKey(t *testing.T) {
 	r := startRelay(t, loop.Config{RateLimitBurst: 1, RateLimitInterval: time.Hour, ProxyProtocol: true})
 	for _, src := range []string{"192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2"} {
-		st, _ := admAttempt(t, r.addr, admProxyHeader(src), "/v1/client")
+		st, _ := admAttempt(t, r.Addr, admProxyHeader(src), "/v1/client")
 		admExpect(t, "first from "+src, st, 101)
 	}
 	for _, src := range []string{"192.0.2.1", "2001:db8::1", "::ffff:192.0.2.2"} {
-		st, _ := admAttempt(t, r.addr, admProxyHeader(src), "/v1/server")
+		st, _ := admAttempt(t, r.Addr, admProxyHeader(src), "/v1/server")
 		admExpect(t, "second from "+src, st, 429)
 	}
-	admExpect(t, "healthz behind PROXY", admHealth(t, r.addr, admProxyHeader("192.0.2.1")), 200)
+	admExpect(t, "healthz behind PROXY", admHealth(t, r.Addr, admProxyHeader("192.0.2.1")), 200)
 }
 
 func TestProxyV2LocalUsesSocketAddress(t *testing.T) {
 	r := startRelay(t, loop.Config{RateLimitBurst: 1, RateLimitInterval: time.Hour, ProxyProtocol: true})
-	st, _ := admAttempt(t, r.addr, admProxyHeader(""), "/v1/client")
+	st, _ := admAttempt(t, r.Addr, admProxyHeader(""), "/v1/client")
 	admExpect(t, "first LOCAL", st, 101)
-	st, _ = admAttempt(t, r.addr, admProxyHeader(""), "/v1/client")
+	st, _ = admAttempt(t, r.Addr, admProxyHeader(""), "/v1/client")
 	admExpect(t, "second LOCAL (same socket address)", st, 429)
-	st, _ = admAttempt(t, r.addr, admProxyHeader("192.0.2.77"), "/v1/client")
+	st, _ = admAttempt(t, r.Addr, admProxyHeader("192.0.2.77"), "/v1/client")
 	admExpect(t, "PROXY from another source", st, 101)
 	// PROXY with family UNSPEC also means the socket's address.
 	unspec := append([]byte("\r\n\r\n\x00\r\nQUIT\n"), 0x21, 0x00, 0, 0)
-	st, _ = admAttempt(t, r.addr, unspec, "/v1/client")
+	st, _ = admAttempt(t, r.Addr, unspec, "/v1/client")
 	admExpect(t, "PROXY UNSPEC (socket address)", st, 429)
 }
 
 func TestProxyV2WithTrustedXForwardedFor(t *testing.T) {
 	r := startRelay(t, loop.Config{RateLimitBurst: 1, RateLimitInterval: time.Hour, ProxyProtocol: true, TrustXForwardedFor: true})
-	st, _ := admAttempt(t, r.addr, admProxyHeader("192.0.2.1"), "/v1/client", "X-Forwarded-For: 203.0.113.50")
+	st, _ := admAttempt(t, r.Addr, admProxyHeader("192.0.2.1"), "/v1/client", "X-Forwarded-For: 203.0.113.50")
 	admExpect(t, "forwarded source", st, 101)
-	st, _ = admAttempt(t, r.addr, admProxyHeader("192.0.2.1"), "/v1/client")
+	st, _ = admAttempt(t, r.Addr, admProxyHeader("192.0.2.1"), "/v1/client")
 	admExpect(t, "PROXY source, no X-Forwarded-For", st, 101)
-	st, _ = admAttempt(t, r.addr, admProxyHeader("192.0.2.2"), "/v1/client", "X-Forwarded-For: 203.0.113.50")
+	st, _ = admAttempt(t, r.Addr, admProxyHeader("192.0.2.2"), "/v1/client", "X-Forwarded-For: 203.0.113.50")
 	admExpect(t, "same forwarded source via another proxy address", st, 429)
 }
 
@@ -332,7 +330,7 @@ func TestProxyV2SplitByteByByte(t *testing.T) {
 	r := startRelay(t, loop.Config{RateLimitBurst: 1, RateLimitInterval: time.Hour, ProxyProtocol: true})
 	for _, src := range []string{"192.0.2.10", "2001:db8::10"} {
 		msg := append(admProxyHeader(src), requestHead("/v1/client", withUpgrade(rawPhoneLines("nobody-home"))...)...)
-		rc := rawDial(t, r.addr)
+		rc := rawDial(t, r.Addr)
 		hdr := len(admProxyHeader(src))
 		for i := range msg {
 			rc.write(msg[i : i+1])
@@ -342,8 +340,8 @@ func TestProxyV2SplitByteByByte(t *testing.T) {
 		}
 		resp, _ := rc.response()
 		admExpect(t, "split header from "+src, resp.StatusCode, 101)
-		_ = rc.c.Close()
-		st, _ := admAttempt(t, r.addr, admProxyHeader(src), "/v1/client")
+		_ = rc.Conn.Close()
+		st, _ := admAttempt(t, r.Addr, admProxyHeader(src), "/v1/client")
 		admExpect(t, "the split header's source was the key: "+src, st, 429)
 	}
 	if got := r.Counters().Reject(loop.RejectBadProxyHeader); got != 0 {
@@ -373,17 +371,12 @@ func TestProxyV2MissingOrBadHeaderClosesSilently(t *testing.T) {
 		{"length over the cap", tooLong},
 	}
 	for i, tc := range cases {
-		rc := rawDial(t, r.addr)
+		rc := rawDial(t, r.Addr)
 		rc.write(tc.in)
 		// Closed at once: well before any handshake deadline.
-		_ = rc.c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		var b [1]byte
-		n, err := rc.br.Read(b[:])
-		if n > 0 {
-			t.Fatalf("%s: the relay answered %q", tc.name, b[:n])
-		}
-		if err == nil || !(errors.Is(err, io.EOF) || isConnReset(err)) {
-			t.Fatalf("%s: want the connection closed with nothing sent, got %v", tc.name, err)
+		_ = rc.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if err := rc.ExpectEOF(); err != nil {
+			t.Fatalf("%s: want the connection closed with nothing sent: %v", tc.name, err)
 		}
 		if got := r.Counters().Reject(loop.RejectBadProxyHeader); got != uint64(i+1) {
 			t.Fatalf("%s: RejectBadProxyHeader = %d, want %d", tc.name, got, i+1)

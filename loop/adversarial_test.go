@@ -21,6 +21,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/wsclient"
 	"switchboard/loop"
 )
 
@@ -412,9 +413,9 @@ func TestSlowlorisClosedAtDeadlines(t *testing.T) {
 
 	// Binaries for the half-frame phones: raw, so the close notices they get
 	// can be counted at the end.
-	bins := make([]*syncClient, servers)
+	bins := make([]*wsclient.Client, servers)
 	for k := range bins {
-		b, err := syncUpgrade(r.addr, "/v1/server", fmt.Sprintf("slow-%d", k))
+		b, err := syncUpgrade(r.Addr, "/v1/server", fmt.Sprintf("slow-%d", k))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -452,19 +453,19 @@ func TestSlowlorisClosedAtDeadlines(t *testing.T) {
 	// upgraded connection, so this may take its time.
 	phones := make([]*slowConn, halfFrames)
 	var phoneMu sync.Mutex
-	var phoneSyncs []*syncClient
+	var phoneSyncs []*wsclient.Client
 	parallel(halfFrames, func(i int) error {
-		c, err := syncUpgrade(r.addr, "/v1/client", fmt.Sprintf("slow-%d", i%servers))
+		c, err := syncUpgrade(r.Addr, "/v1/client", fmt.Sprintf("slow-%d", i%servers))
 		if err != nil {
 			return fmt.Errorf("half-frame phone %d: %w", i, err)
 		}
 		phoneMu.Lock()
 		phoneSyncs = append(phoneSyncs, c)
 		phoneMu.Unlock()
-		if c.br.Buffered() != 0 {
-			return fmt.Errorf("half-frame phone %d: %d unexpected bytes after the 101", i, c.br.Buffered())
+		if c.Buffered() != 0 {
+			return fmt.Errorf("half-frame phone %d: %d unexpected bytes after the 101", i, c.Buffered())
 		}
-		sc, err := newSlowConn(slowHalfFrame, c.nc)
+		sc, err := newSlowConn(slowHalfFrame, c.Conn)
 		if err != nil {
 			return err
 		}
@@ -483,15 +484,16 @@ func TestSlowlorisClosedAtDeadlines(t *testing.T) {
 	setupStart := time.Now()
 	heads := make([]string, halfHeads)
 	for i := range heads {
-		heads[i] = upgradeHead("/v1/client", fmt.Sprintf("slow-%d", i%servers), newWSKey())
+		heads[i] = upgradeHead("/v1/client", fmt.Sprintf("slow-%d", i%servers), wsclient.NewKey())
 	}
 	parallel(halfHeads+dribblers+halfFrames, func(i int) error {
 		switch {
 		case i < halfHeads:
-			nc, err := syncDialTCP(r.addr)
+			c, err := syncDial(r.Addr)
 			if err != nil {
 				return err
 			}
+			nc := c.Conn
 			start := time.Now()
 			sc, err := newSlowConn(slowHalfHead, nc)
 			if err != nil {
@@ -504,10 +506,11 @@ func TestSlowlorisClosedAtDeadlines(t *testing.T) {
 			}
 			w.add(sc)
 		case i < halfHeads+dribblers:
-			nc, err := syncDialTCP(r.addr)
+			c, err := syncDial(r.Addr)
 			if err != nil {
 				return err
 			}
+			nc := c.Conn
 			start := time.Now()
 			sc, err := newSlowConn(slowDribble, nc)
 			if err != nil {
@@ -517,13 +520,13 @@ func TestSlowlorisClosedAtDeadlines(t *testing.T) {
 			sc.start = start
 			// Long enough to take seconds at one byte per pace: it never
 			// completes before its deadline.
-			sc.head = []byte(upgradeHead("/v1/client", "slow-0", newWSKey()))
+			sc.head = []byte(upgradeHead("/v1/client", "slow-0", wsclient.NewKey()))
 			w.add(sc)
 			d.add(sc)
 		default:
 			sc := phones[i-halfHeads-dribblers]
 			body := fmt.Sprintf(`{"half":"%s"}`, strings.Repeat("x", 100-len(`{"half":""}`)))
-			frame := appendMaskedFrame(nil, 0x1, []byte(body))
+			frame := wsclient.Masked(true, wsclient.OpText, []byte(body))
 			sc.start = time.Now()
 			if _, err := sc.nc.Write(frame[:6+10]); err != nil {
 				return fmt.Errorf("half frame: %w", err)
@@ -656,7 +659,7 @@ func TestSlowlorisClosedAtDeadlines(t *testing.T) {
 	notices := 0
 	for k, b := range bins {
 		for n := (halfFrames - k + servers - 1) / servers; n > 0; n-- {
-			env, err := b.readText()
+			env, err := readText(b)
 			if err != nil {
 				t.Fatalf("binary slow-%d reading notices: %v", k, err)
 			}
@@ -713,7 +716,7 @@ func TestSilentBinaryDoesNotHurtOthers(t *testing.T) {
 	})
 
 	start := time.Now()
-	silent := silentPeer(t, r.addr, "/v1/server", binaryHeaders("quiet"))
+	silent := silentPeer(t, r.Addr, "/v1/server", binaryHeaders("quiet"))
 	ps := []*peer{r.phone(t, "quiet"), r.phone(t, "quiet")} // these answer pings
 
 	// The binary: 1011 after its first ping (last quarter of the interval)

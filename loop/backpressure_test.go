@@ -1,7 +1,6 @@
 package loop_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/wsclient"
 	"switchboard/loop"
 )
 
@@ -132,25 +132,20 @@ func TestFloodingPhoneIsPausedNotDropped(t *testing.T) {
 // and never reads again: everything the relay sends it piles up.
 func deafBinary(t *testing.T, addr, serverID string) net.Conn {
 	t.Helper()
-	d := net.Dialer{Timeout: testTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
+	c, err := wsclient.DialTCP(addr, wsclient.Options{Timeout: testTimeout, Control: func(_, _ string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) {
 			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<10)
 		})
-	}}
-	c, err := d.Dial("tcp", addr)
+	}})
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	if _, err := c.Write([]byte(requestHead("/v1/server", withUpgrade(rawBinaryLines(serverID))...))); err != nil {
-		t.Fatalf("write: %v", err)
+	_ = c.Conn.SetReadDeadline(time.Now().Add(testTimeout))
+	if _, err := c.Upgrade(wsclient.Request{Path: "/v1/server", Host: "relay.test", Key: wsclient.SampleKey, Lines: rawBinaryLines(serverID)}); err != nil {
+		t.Fatalf("deaf binary's upgrade: %v", err)
 	}
-	_ = c.SetReadDeadline(time.Now().Add(testTimeout))
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("deaf binary's upgrade: %v %v", resp, err)
-	}
-	return c
+	return c.Conn
 }
 
 // bigFrameDialer writes each message as one frame.
@@ -183,8 +178,8 @@ func buffered(c *loop.Counters) int64 {
 func TestMemoryBudgetHighMarkRefusesAndPauses(t *testing.T) {
 	const budget = 64 << 20
 	r := startRelay(t, loop.Config{MemoryBudgetBytes: budget, BinaryOutboxBytes: 256 << 20})
-	deaf := deafBinary(t, r.addr, "deaf-1")
-	phones := bigFramePhones(t, r.addr, "deaf-1", 4)
+	deaf := deafBinary(t, r.Addr, "deaf-1")
+	phones := bigFramePhones(t, r.Addr, "deaf-1", 4)
 	stop := make(chan struct{})
 	var most atomic.Int64
 	go func() {
@@ -209,7 +204,7 @@ func TestMemoryBudgetHighMarkRefusesAndPauses(t *testing.T) {
 	}
 	high := int64(budget / 100 * 80)
 	waitFor(t, "buffers past the high mark", func() bool { return buffered(r.Counters()) >= high })
-	_, resp, err := dial(t, r.addr, "/v1/client", phoneHeaders("deaf-1"))
+	_, resp, err := dial(t, r.Addr, "/v1/client", phoneHeaders("deaf-1"))
 	if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("upgrade past the high mark: %v (response %v), want 503", err, resp)
 	}
@@ -230,7 +225,7 @@ func TestMemoryBudgetHighMarkRefusesAndPauses(t *testing.T) {
 
 	_ = deaf.Close()
 	waitFor(t, "buffers back under the high mark", func() bool { return buffered(c) < high })
-	if _, resp, err := dial(t, r.addr, "/v1/client", phoneHeaders("deaf-1")); err != nil {
+	if _, resp, err := dial(t, r.Addr, "/v1/client", phoneHeaders("deaf-1")); err != nil {
 		t.Fatalf("upgrade after the pressure went: %v (response %v)", err, resp)
 	}
 }
@@ -241,10 +236,10 @@ func TestMemoryBudgetHighMarkRefusesAndPauses(t *testing.T) {
 func TestMemoryBudgetLimitClosesLargestHolder(t *testing.T) {
 	const budget = 2 << 20
 	r := startRelay(t, loop.Config{MemoryBudgetBytes: budget, BinaryOutboxBytes: 256 << 20, PhonesPerServer: 64})
-	deafBinary(t, r.addr, "deaf-2")
+	deafBinary(t, r.Addr, "deaf-2")
 	c := r.Counters()
 	// Every phone connects first: past the high mark upgrades get 503.
-	phones := bigFramePhones(t, r.addr, "deaf-2", 40)
+	phones := bigFramePhones(t, r.Addr, "deaf-2", 40)
 	// Then one message each, one whole frame, so no turn ends between
 	// frames and no pause holds them back: 8 MB for a binary that reads
 	// nothing, more than the kernel's buffers and the budget together.
@@ -290,7 +285,7 @@ func TestPhonesFasterThanTheirBinaryAreSlowedNotClosed(t *testing.T) {
 		}}
 		return d.Dial(network, addr)
 	}}
-	bc, _, err := smallRcv.Dial("ws://"+r.addr+"/v1/server", binaryHeaders("busy-1"))
+	bc, _, err := smallRcv.Dial("ws://"+r.Addr+"/v1/server", binaryHeaders("busy-1"))
 	if err != nil {
 		t.Fatalf("binary: %v", err)
 	}
@@ -376,7 +371,7 @@ func TestPausedConnectionsEndCleanly(t *testing.T) {
 	// answers, read from their paused sockets, must end them.
 	const linger = 30 * time.Second
 	r := startRelay(t, loop.Config{BinaryOutboxBytes: 1 << 20, PhonesPerServer: phones, CloseLinger: linger})
-	deaf := deafBinary(t, r.addr, "paused-1")
+	deaf := deafBinary(t, r.Addr, "paused-1")
 	var ps []*peer
 	for range phones {
 		p := r.phone(t, "paused-1")
@@ -449,20 +444,20 @@ func TestShutdownClosesPausedConnectionsPastTheDrain(t *testing.T) {
 	const phones = 16
 	r := startRelay(t, loop.Config{BinaryOutboxBytes: 1 << 20, PhonesPerServer: phones,
 		DrainTimeout: 300 * time.Millisecond, CloseLinger: time.Minute})
-	deafBinary(t, r.addr, "drain-1")
+	deafBinary(t, r.Addr, "drain-1")
 	var ps []*rawClient
 	for range phones {
-		ps = append(ps, rawPhone(t, r.addr, "drain-1"))
+		ps = append(ps, rawPhone(t, r.Addr, "drain-1"))
 	}
-	frame := cframe(true, opText, paddedFrame(1, 16<<10))
+	frame := wsclient.Masked(true, wsclient.OpText, paddedFrame(1, 16<<10))
 	done := make(chan struct{}, phones)
 	for _, p := range ps {
 		go func() {
 			defer func() { done <- struct{}{} }()
 			// Write until TCP stops taking it; then the phone is silent.
-			_ = p.c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			_ = p.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
 			for {
-				if _, err := p.c.Write(frame); err != nil {
+				if _, err := p.Conn.Write(frame); err != nil {
 					return
 				}
 			}
@@ -481,9 +476,9 @@ func TestShutdownClosesPausedConnectionsPastTheDrain(t *testing.T) {
 	// sent, the read ends.
 	buf := make([]byte, 64<<10)
 	for i, p := range ps {
-		_ = p.c.SetReadDeadline(time.Now().Add(testTimeout))
+		_ = p.Conn.SetReadDeadline(time.Now().Add(testTimeout))
 		for {
-			_, err := p.c.Read(buf)
+			_, err := p.Conn.Read(buf)
 			if err == nil {
 				continue
 			}
@@ -501,7 +496,7 @@ func TestShutdownClosesPausedConnectionsPastTheDrain(t *testing.T) {
 func TestCloseJustBeforeAPausedSocketWaitsIsNotLost(t *testing.T) {
 	r := startRelay(t, loop.Config{BinaryOutboxBytes: 256 << 20})
 	bin := r.binary(t, "arm-1")
-	ph := bigFramePhones(t, r.addr, "arm-1", 1)[0]
+	ph := bigFramePhones(t, r.Addr, "arm-1", 1)[0]
 	c := r.Counters()
 	sent := 0
 	for c.PausedNow.Load() == 0 {

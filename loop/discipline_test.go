@@ -5,21 +5,14 @@ package loop_test
 // anyone else, and the budgets that bound memory hold under floods.
 //
 // The goroutine tests count runtime.NumGoroutine() in this process, which
-// includes the test's own clients, so their clients are syncClients: plain
-// net.Conns driven synchronously, with no goroutine per connection.
+// includes the test's own clients, so their clients are raw wsclient ones:
+// plain sockets driven synchronously, with no goroutine per connection.
 
 import (
-	"bufio"
 	"bytes"
-	"crypto/rand"
-	"crypto/sha1"
-	"encoding/base64"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"runtime"
 	"slices"
 	"strings"
@@ -30,171 +23,71 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/wsclient"
 	"switchboard/loop"
 )
 
-// ---- a synchronous WebSocket client with no goroutine of its own ----------
+// ---- synchronous raw clients with no goroutine of their own ----------------
 
-// syncClient is a WebSocket client on a plain net.Conn: the handshake is
-// written by hand, frames are masked by hand, and server frames are read
-// only when the test asks, under a read deadline.
-type syncClient struct {
-	nc net.Conn
-	br *bufio.Reader
+// syncSources spreads client sockets over several source addresses so
+// thousands of connections (plus TIME_WAIT from earlier runs) cannot exhaust
+// one address's ephemeral ports.
+var syncSources wsclient.Spread
+
+// syncDial connects with a small reader: thousands of these stay open.
+func syncDial(addr string) (*wsclient.Client, error) {
+	return wsclient.DialTCP(addr, wsclient.Options{Timeout: testTimeout, Local: syncSources.Next(), ReadBufferSize: 512})
 }
 
-// syncSrcCounter spreads client sockets over 127.0.0.2 … 127.0.0.9 so thousands
-// of connections (plus TIME_WAIT from earlier runs) cannot exhaust the
-// ephemeral ports of one source address.
-var syncSrcCounter atomic.Uint32
-
-func syncDialTCP(addr string) (net.Conn, error) {
-	n := syncSrcCounter.Add(1)
-	d := net.Dialer{
-		Timeout:   testTimeout,
-		LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+n%8))},
-	}
-	return d.Dial("tcp", addr)
-}
-
-// upgradeHead is the upgrade request a client of this role sends.
+// upgradeHead is the upgrade request a client of this role sends, for tests
+// that send it in pieces.
 func upgradeHead(path, serverID, key string) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: relay.test\r\n", path)
-	b.WriteString("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n")
-	fmt.Fprintf(&b, "Sec-WebSocket-Key: %s\r\n", key)
-	fmt.Fprintf(&b, "X-Pyrycode-Server: %s\r\n", serverID)
-	if path == "/v1/server" {
-		b.WriteString("X-Pyrycode-Version: 2\r\nUser-Agent: pyry-raw/1\r\n")
-	} else {
-		b.WriteString("X-Pyrycode-Token: secret-token-123\r\nUser-Agent: phone-raw/1\r\n")
-	}
-	b.WriteString("\r\n")
-	return b.String()
-}
-
-func newWSKey() string {
-	var k [16]byte
-	_, _ = rand.Read(k[:])
-	return base64.StdEncoding.EncodeToString(k[:])
-}
-
-func wsAcceptFor(key string) string {
-	h := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-	return base64.StdEncoding.EncodeToString(h[:])
+	return string(wsclient.Head(path, "relay.test", append(wsclient.UpgradeLines(key), rawLines(path, serverID)...)...))
 }
 
 // syncUpgrade dials addr, upgrades on path for serverID and checks the 101.
 // It reports errors rather than failing the test so worker goroutines can
 // use it.
-func syncUpgrade(addr, path, serverID string) (*syncClient, error) {
-	nc, err := syncDialTCP(addr)
+func syncUpgrade(addr, path, serverID string) (*wsclient.Client, error) {
+	c, err := syncDial(addr)
 	if err != nil {
 		return nil, err
 	}
-	c := &syncClient{nc: nc, br: bufio.NewReaderSize(nc, 512)}
-	key := newWSKey()
-	if _, err := io.WriteString(nc, upgradeHead(path, serverID, key)); err != nil {
-		nc.Close()
+	_ = c.Conn.SetReadDeadline(time.Now().Add(testTimeout))
+	if _, err := c.Upgrade(wsclient.Request{Path: path, Host: "relay.test", Lines: rawLines(path, serverID)}); err != nil {
+		c.Close()
 		return nil, err
 	}
-	if err := c.readUpgrade(key); err != nil {
-		nc.Close()
-		return nil, err
-	}
+	_ = c.Conn.SetReadDeadline(time.Time{})
 	return c, nil
 }
 
-// readUpgrade reads the response head and checks it is a valid 101 for key.
-func (c *syncClient) readUpgrade(key string) error {
-	_ = c.nc.SetReadDeadline(time.Now().Add(testTimeout))
-	defer c.nc.SetReadDeadline(time.Time{})
-	resp, err := http.ReadResponse(c.br, nil)
-	if err != nil {
-		return fmt.Errorf("reading 101: %w", err)
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		return fmt.Errorf("upgrade answered %d", resp.StatusCode)
-	}
-	if got, want := resp.Header.Get("Sec-WebSocket-Accept"), wsAcceptFor(key); got != want {
-		return fmt.Errorf("Sec-WebSocket-Accept %q, want %q", got, want)
-	}
-	return nil
-}
-
-// appendMaskedFrame appends one final client frame (masked, as RFC 6455 requires).
-func appendMaskedFrame(dst []byte, op byte, payload []byte) []byte {
-	dst = append(dst, 0x80|op)
-	switch n := len(payload); {
-	case n < 126:
-		dst = append(dst, 0x80|byte(n))
-	case n <= 0xffff:
-		dst = append(dst, 0x80|126)
-		dst = binary.BigEndian.AppendUint16(dst, uint16(n))
-	default:
-		dst = append(dst, 0x80|127)
-		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
-	}
-	var mask [4]byte
-	_, _ = rand.Read(mask[:])
-	dst = append(dst, mask[:]...)
-	for i, b := range payload {
-		dst = append(dst, b^mask[i&3])
-	}
-	return dst
-}
-
-func (c *syncClient) writeText(payload string) error {
-	_, err := c.nc.Write(appendMaskedFrame(nil, 0x1, []byte(payload)))
+// readUpgrade reads the answer to an upgrade sent in pieces and checks it
+// is a valid 101 for key.
+func readUpgrade(c *wsclient.Client, key string) error {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(testTimeout))
+	defer c.Conn.SetReadDeadline(time.Time{})
+	_, err := c.ReadUpgrade(key)
 	return err
 }
 
-// readFrame reads one server frame within d.
-func (c *syncClient) readFrame(d time.Duration) (op byte, payload []byte, err error) {
-	_ = c.nc.SetReadDeadline(time.Now().Add(d))
-	defer c.nc.SetReadDeadline(time.Time{})
-	var h [2]byte
-	if _, err := io.ReadFull(c.br, h[:]); err != nil {
-		return 0, nil, err
-	}
-	if h[1]&0x80 != 0 {
-		return 0, nil, errors.New("server frame is masked")
-	}
-	if h[0]&0x80 == 0 {
-		return 0, nil, errors.New("server sent a fragmented frame")
-	}
-	n := uint64(h[1] & 0x7f)
-	switch n {
-	case 126:
-		var ext [2]byte
-		if _, err := io.ReadFull(c.br, ext[:]); err != nil {
-			return 0, nil, err
-		}
-		n = uint64(binary.BigEndian.Uint16(ext[:]))
-	case 127:
-		var ext [8]byte
-		if _, err := io.ReadFull(c.br, ext[:]); err != nil {
-			return 0, nil, err
-		}
-		n = binary.BigEndian.Uint64(ext[:])
-	}
-	payload = make([]byte, n)
-	if _, err := io.ReadFull(c.br, payload); err != nil {
-		return 0, nil, err
-	}
-	return h[0] & 0x0f, payload, nil
-}
-
-// readText reads one text frame, failing on anything else.
-func (c *syncClient) readText() ([]byte, error) {
-	op, p, err := c.readFrame(testTimeout)
-	if err != nil {
+// readText reads one server frame within the test timeout and requires an
+// unmasked, unfragmented text frame. The payload is the caller's.
+func readText(c *wsclient.Client) ([]byte, error) {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(testTimeout))
+	defer c.Conn.SetReadDeadline(time.Time{})
+	f, err := c.NextFrame()
+	switch {
+	case err != nil:
 		return nil, err
+	case f.Masked:
+		return nil, errors.New("server frame is masked")
+	case !f.Fin:
+		return nil, errors.New("server sent a fragmented frame")
+	case f.Op != wsclient.OpText:
+		return nil, fmt.Errorf("expected a text frame, got opcode %d (%q)", f.Op, f.Payload)
 	}
-	if op != 0x1 {
-		return nil, fmt.Errorf("expected a text frame, got opcode %d (%q)", op, p)
-	}
-	return p, nil
+	return bytes.Clone(f.Payload), nil
 }
 
 // envelopeConnID returns the conn_id at the start of a relay envelope.
@@ -214,15 +107,15 @@ func envelopeConnID(env []byte) (string, error) {
 // syncGroup dials one raw binary and phones raw phones of serverID; every
 // phone sends one frame and the binary must receive all of them, so each
 // connection has carried traffic before it goes idle.
-func syncGroup(addr, serverID string, phones int) ([]*syncClient, error) {
+func syncGroup(addr, serverID string, phones int) ([]*wsclient.Client, error) {
 	b, err := syncUpgrade(addr, "/v1/server", serverID)
 	if err != nil {
 		return nil, fmt.Errorf("binary %s: %w", serverID, err)
 	}
-	all := []*syncClient{b}
-	fail := func(err error) ([]*syncClient, error) {
+	all := []*wsclient.Client{b}
+	fail := func(err error) ([]*wsclient.Client, error) {
 		for _, c := range all {
-			c.nc.Close()
+			c.Close()
 		}
 		return nil, err
 	}
@@ -232,13 +125,13 @@ func syncGroup(addr, serverID string, phones int) ([]*syncClient, error) {
 			return fail(fmt.Errorf("phone %d of %s: %w", i, serverID, err))
 		}
 		all = append(all, p)
-		if err := p.writeText(fmt.Sprintf(`{"phone":%d}`, i)); err != nil {
+		if err := p.WriteText(fmt.Appendf(nil, `{"phone":%d}`, i)); err != nil {
 			return fail(err)
 		}
 	}
 	seen := make(map[string]bool, phones)
 	for range phones {
-		env, err := b.readText()
+		env, err := readText(b)
 		if err != nil {
 			return fail(fmt.Errorf("binary %s reading envelopes: %w", serverID, err))
 		}
@@ -257,12 +150,12 @@ func syncGroup(addr, serverID string, phones int) ([]*syncClient, error) {
 // syncGroups opens groups of one binary and phonesEach phones with a few
 // workers that have all exited when it returns. Every connection is closed
 // at the end of the test.
-func syncGroups(t *testing.T, addr, prefix string, groups, phonesEach int) []*syncClient {
+func syncGroups(t *testing.T, addr, prefix string, groups, phonesEach int) []*wsclient.Client {
 	t.Helper()
 	const workers = 8
 	var (
 		mu    sync.Mutex
-		conns []*syncClient
+		conns []*wsclient.Client
 		errs  []error
 		next  atomic.Int64
 		wg    sync.WaitGroup
@@ -297,10 +190,10 @@ func syncGroups(t *testing.T, addr, prefix string, groups, phonesEach int) []*sy
 	return conns
 }
 
-func closeSyncAtEnd(t *testing.T, conns []*syncClient) {
+func closeSyncAtEnd(t *testing.T, conns []*wsclient.Client) {
 	t.Cleanup(func() {
 		for _, c := range conns {
-			c.nc.Close()
+			c.Close()
 		}
 	})
 }
@@ -417,13 +310,13 @@ func TestGoroutinesFlatWithIdleConnections(t *testing.T) {
 	r := startRelay(t, loop.Config{})
 
 	// 100 idle connections: 10 binaries with 9 phones each.
-	syncGroups(t, r.addr, "idle-a", 10, 9)
+	syncGroups(t, r.Addr, "idle-a", 10, 9)
 	waitFor(t, "first 100 registered", func() bool { return r.Live() == 100 })
 	before := stableGoroutines(t)
 
 	// 4,000 more: 250 binaries with 15 phones each, every phone having sent
 	// one frame its binary received.
-	syncGroups(t, r.addr, "idle-b", 250, 15)
+	syncGroups(t, r.Addr, "idle-b", 250, 15)
 	waitFor(t, "4,100 registered", func() bool { return r.Live() == 4100 })
 	if got := r.Phones(); got != 10*9+250*15 {
 		t.Fatalf("%d phones registered, want %d", got, 10*9+250*15)
@@ -454,9 +347,9 @@ func TestSlowlorisClientsDoNotHurtOthers(t *testing.T) {
 
 	// The slow clients' server-ids: 50 raw binaries, 10 slow phones each.
 	const servers, halfFrames, halfHeads = 50, 500, 500
-	bins := make([]*syncClient, servers) // bins[k] holds slow-k
+	bins := make([]*wsclient.Client, servers) // bins[k] holds slow-k
 	for k := range bins {
-		b, err := syncUpgrade(r.addr, "/v1/server", fmt.Sprintf("slow-%d", k))
+		b, err := syncUpgrade(r.Addr, "/v1/server", fmt.Sprintf("slow-%d", k))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -465,15 +358,15 @@ func TestSlowlorisClientsDoNotHurtOthers(t *testing.T) {
 	closeSyncAtEnd(t, bins)
 
 	var mu sync.Mutex
-	var slow []*syncClient // every slow client, closed at the end
+	var slow []*wsclient.Client // every slow client, closed at the end
 	t.Cleanup(func() {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, c := range slow {
-			c.nc.Close()
+			c.Close()
 		}
 	})
-	add := func(c *syncClient) {
+	add := func(c *wsclient.Client) {
 		mu.Lock()
 		slow = append(slow, c)
 		mu.Unlock()
@@ -482,21 +375,21 @@ func TestSlowlorisClientsDoNotHurtOthers(t *testing.T) {
 	// 500 phones that complete the upgrade, then send the header of a frame
 	// promising 100 bytes of payload and only 10 of them.
 	full := make([][]byte, halfFrames)
-	halfFrameConns := make([]*syncClient, halfFrames)
+	halfFrameConns := make([]*wsclient.Client, halfFrames)
 	var staged int64
 	for i := range halfFrames {
 		body := fmt.Sprintf(`{"n":%d,"pad":"`, i)
 		body += strings.Repeat("x", 100-len(body)-2) + `"}`
-		full[i] = appendMaskedFrame(nil, 0x1, []byte(body))
+		full[i] = wsclient.Masked(true, wsclient.OpText, []byte(body))
 		staged += int64(len(full[i]) - 90) // header (6 bytes) + 10 payload bytes
 	}
 	// 500 connections that stop halfway through their request head.
 	heads := make([]string, halfHeads)
 	for i := range heads {
-		heads[i] = upgradeHead("/v1/client", fmt.Sprintf("slow-%d", i%servers), newWSKey())
+		heads[i] = upgradeHead("/v1/client", fmt.Sprintf("slow-%d", i%servers), wsclient.NewKey())
 		staged += int64(len(heads[i]) / 2)
 	}
-	headConns := make([]*syncClient, halfHeads)
+	headConns := make([]*wsclient.Client, halfHeads)
 
 	var wg sync.WaitGroup
 	var errCount atomic.Int64
@@ -511,26 +404,25 @@ func TestSlowlorisClientsDoNotHurtOthers(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := w; i < halfFrames; i += 8 {
-				c, err := syncUpgrade(r.addr, "/v1/client", fmt.Sprintf("slow-%d", i%servers))
+				c, err := syncUpgrade(r.Addr, "/v1/client", fmt.Sprintf("slow-%d", i%servers))
 				if err != nil {
 					fail(err)
 					continue
 				}
 				add(c)
-				if _, err := c.nc.Write(full[i][:len(full[i])-90]); err != nil {
+				if _, err := c.Conn.Write(full[i][:len(full[i])-90]); err != nil {
 					fail(err)
 				}
 				halfFrameConns[i] = c
 			}
 			for i := w; i < halfHeads; i += 8 {
-				nc, err := syncDialTCP(r.addr)
+				c, err := syncDial(r.Addr)
 				if err != nil {
 					fail(err)
 					continue
 				}
-				c := &syncClient{nc: nc, br: bufio.NewReaderSize(nc, 512)}
 				add(c)
-				if _, err := io.WriteString(nc, heads[i][:len(heads[i])/2]); err != nil {
+				if _, err := io.WriteString(c.Conn, heads[i][:len(heads[i])/2]); err != nil {
 					fail(err)
 				}
 				headConns[i] = c
@@ -568,10 +460,10 @@ func TestSlowlorisClientsDoNotHurtOthers(t *testing.T) {
 	for i := range 5 {
 		c := halfFrameConns[i]
 		rest := full[i][len(full[i])-90:]
-		if _, err := c.nc.Write(rest[:40]); err != nil {
+		if _, err := c.Conn.Write(rest[:40]); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.nc.Write(rest[40:]); err != nil {
+		if _, err := c.Conn.Write(rest[40:]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -582,7 +474,7 @@ func TestSlowlorisClientsDoNotHurtOthers(t *testing.T) {
 		for j := range payload {
 			payload[j] ^= mask[j&3]
 		}
-		env, err := bins[i%servers].readText()
+		env, err := readText(bins[i%servers])
 		if err != nil {
 			t.Fatalf("binary of completed frame %d: %v", i, err)
 		}
@@ -596,18 +488,18 @@ func TestSlowlorisClientsDoNotHurtOthers(t *testing.T) {
 	// The half heads complete into working phones too.
 	for i := range 3 {
 		c := headConns[i]
-		if _, err := io.WriteString(c.nc, heads[i][len(heads[i])/2:]); err != nil {
+		if _, err := io.WriteString(c.Conn, heads[i][len(heads[i])/2:]); err != nil {
 			t.Fatal(err)
 		}
 		key := heads[i][strings.Index(heads[i], "Sec-WebSocket-Key: ")+len("Sec-WebSocket-Key: "):]
 		key = key[:strings.Index(key, "\r\n")]
-		if err := c.readUpgrade(key); err != nil {
+		if err := readUpgrade(c, key); err != nil {
 			t.Fatalf("completed head %d: %v", i, err)
 		}
-		if err := c.writeText(fmt.Sprintf(`{"late":%d}`, i)); err != nil {
+		if err := c.WriteText(fmt.Appendf(nil, `{"late":%d}`, i)); err != nil {
 			t.Fatal(err)
 		}
-		env, err := bins[i%servers].readText()
+		env, err := readText(bins[i%servers])
 		if err != nil {
 			t.Fatalf("binary of completed head %d: %v", i, err)
 		}
@@ -633,12 +525,12 @@ func TestSlowPhoneDoesNotStallBinary(t *testing.T) {
 	fast := r.phone(t, "flood")
 	fastID := connIDOf(t, fast, b)
 
-	slow, err := syncUpgrade(r.addr, "/v1/client", "flood")
+	slow, err := syncUpgrade(r.Addr, "/v1/client", "flood")
 	if err != nil {
 		t.Fatal(err)
 	}
-	closeSyncAtEnd(t, []*syncClient{slow})
-	if err := slow.writeText(`{"slow":true}`); err != nil {
+	closeSyncAtEnd(t, []*wsclient.Client{slow})
+	if err := slow.WriteText([]byte(`{"slow":true}`)); err != nil {
 		t.Fatal(err)
 	}
 	slowID, err := envelopeConnID(b.next(t))
@@ -753,7 +645,7 @@ func TestSlowBinaryBoundsMemory(t *testing.T) {
 	})
 	others := []*rtPair{newRTPair(t, r, "other-0"), newRTPair(t, r, "other-1")}
 
-	slowBin, err := syncUpgrade(r.addr, "/v1/server", "stuck")
+	slowBin, err := syncUpgrade(r.Addr, "/v1/server", "stuck")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -830,7 +722,7 @@ func TestSlowBinaryBoundsMemory(t *testing.T) {
 	// The stuck binary goes: its phones read again, find no binary and are
 	// closed (1000), as for any phone sending into a gone binary's slot.
 	stop.Store(true)
-	_ = slowBin.nc.Close()
+	_ = slowBin.Close()
 	for _, p := range ps {
 		if code, _ := p.closed(t); code != 1000 {
 			t.Fatalf("phone closed with %d after its binary left, want 1000", code)
@@ -844,14 +736,14 @@ func TestSlowBinaryBoundsMemory(t *testing.T) {
 
 func TestBurstToOnePhoneInOrder(t *testing.T) {
 	r := startRelay(t, loop.Config{})
-	b, err := syncUpgrade(r.addr, "/v1/server", "burst")
+	b, err := syncUpgrade(r.Addr, "/v1/server", "burst")
 	if err != nil {
 		t.Fatal(err)
 	}
-	closeSyncAtEnd(t, []*syncClient{b})
+	closeSyncAtEnd(t, []*wsclient.Client{b})
 	p := r.phone(t, "burst")
 	p.send(t, `{"hi":1}`)
-	env, err := b.readText()
+	env, err := readText(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -865,9 +757,9 @@ func TestBurstToOnePhoneInOrder(t *testing.T) {
 	const n = 500
 	var burst []byte
 	for i := range n {
-		burst = appendMaskedFrame(burst, 0x1, fmt.Appendf(nil, `{"conn_id":%q,"frame":{"i":%d}}`, id, i))
+		burst = append(burst, wsclient.Masked(true, wsclient.OpText, fmt.Appendf(nil, `{"conn_id":%q,"frame":{"i":%d}}`, id, i))...)
 	}
-	if _, err := b.nc.Write(burst); err != nil {
+	if _, err := b.Conn.Write(burst); err != nil {
 		t.Fatal(err)
 	}
 	for i := range n {

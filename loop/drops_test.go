@@ -14,6 +14,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/wsclient"
 	"switchboard/loop"
 )
 
@@ -73,7 +74,7 @@ func TestCloseNoticeOverflowCounted(t *testing.T) {
 		WriteTimeout:        time.Minute,
 	})
 	c := r.Counters()
-	holder := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("notices"), nil)
+	holder := rawUpgrade(t, r.Addr, "/v1/server", rawBinaryLines("notices"), nil)
 	spendControlSlack(t, r, holder) // socket full, outbox past its budget
 	ps := make([]*peer, phones)
 	for i := range ps {
@@ -97,8 +98,8 @@ func TestCloseNoticeOverflowCounted(t *testing.T) {
 // the relay sends it fills the socket buffers and then its outbox.
 func stuckPhone(t *testing.T, r *relay, b *peer, serverID string) (*rawClient, string) {
 	t.Helper()
-	rc := rawPhone(t, r.addr, serverID)
-	rc.write(cframe(true, opText, []byte(`{"hello":1}`)))
+	rc := rawPhone(t, r.Addr, serverID)
+	rc.write(wsclient.Masked(true, wsclient.OpText, []byte(`{"hello":1}`)))
 	id, err := envelopeConnID(b.next(t))
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +113,7 @@ func stuckPhone(t *testing.T, r *relay, b *peer, serverID string) (*rawClient, s
 // by a count.
 func (rc *rawClient) writeFresh(b []byte) {
 	rc.t.Helper()
-	_ = rc.c.SetWriteDeadline(time.Now().Add(testTimeout))
+	_ = rc.Conn.SetWriteDeadline(time.Now().Add(testTimeout))
 	rc.write(b)
 }
 
@@ -126,7 +127,7 @@ func spendControlSlack(t *testing.T, r *relay, rc *rawClient) (sent int) {
 	// Pings with the largest payload: each pong is 127 bytes on the wire.
 	var burst []byte
 	for range 64 {
-		burst = append(burst, cframe(true, opPing, bytes.Repeat([]byte{'p'}, 125))...)
+		burst = append(burst, wsclient.Masked(true, wsclient.OpPing, bytes.Repeat([]byte{'p'}, 125))...)
 	}
 	ping := func(what string, done func() bool) {
 		for !done() {
@@ -149,7 +150,7 @@ func spendControlSlack(t *testing.T, r *relay, rc *rawClient) (sent int) {
 	// kernel still takes a little now and then, as it collapses the unread
 	// segments it holds, so callers keep topping off while they need it.)
 	before := c.Drop(loop.DropPongOverflow)
-	topOff := bytes.Repeat(cframe(true, opPing, nil), 8)
+	topOff := bytes.Repeat(wsclient.Masked(true, wsclient.OpPing, nil), 8)
 	for c.Drop(loop.DropPongOverflow) < before+8 {
 		if sent > 2<<20 {
 			t.Fatalf("%d pings and the outbox still takes empty pongs; relay: %s", sent, counterSummary(r))
@@ -180,7 +181,7 @@ func TestControlOverflowCounted(t *testing.T) {
 
 	sent := spendControlSlack(t, r, rc)
 	// Keep the outbox topped off until a heartbeat ping finds no room.
-	topOff := bytes.Repeat(cframe(true, opPing, nil), 8)
+	topOff := bytes.Repeat(wsclient.Masked(true, wsclient.OpPing, nil), 8)
 	for c.Drop(loop.DropPingOverflow) == 0 {
 		if sent > 2<<20 {
 			t.Fatalf("%d pings and no heartbeat ping overflowed; relay: %s", sent, counterSummary(r))
@@ -199,7 +200,7 @@ func TestControlOverflowCounted(t *testing.T) {
 
 	// The peer leaves with pongs unwritten: those of the writer's stuck
 	// batch, and any queued behind it.
-	_ = rc.c.Close()
+	_ = rc.Conn.Close()
 	waitLong(t, r, testTimeout, "unwritten pongs discarded", func() bool { return c.Drop(loop.DropDiscardedOnClose) > 0 })
 	waitFor(t, "phone gone, its queue freed", func() bool {
 		return r.Phones() == 0 && r.Live() == 1 && c.OutboxBytesQueued.Load() == 0
@@ -232,7 +233,7 @@ func TestDiscardedOnCloseCounted(t *testing.T) {
 	}
 	waitFor(t, "the phone closed for its backlog", func() bool { return c.Close(loop.ClosePhoneBacklog) == 1 })
 	// The close frame waits behind the stuck write; the peer gives up.
-	_ = rc.c.Close()
+	_ = rc.Conn.Close()
 	waitFor(t, "discarded frames counted", func() bool { return c.Drop(loop.DropDiscardedOnClose) > 0 })
 	waitFor(t, "phone gone, its queue freed", func() bool {
 		return r.Phones() == 0 && r.Live() == 1 && c.OutboxBytesQueued.Load() == 0
@@ -259,7 +260,7 @@ func TestProbePingReachesBackloggedHolder(t *testing.T) {
 		TakeoverTimeout:     5 * time.Second, // with a dropped probe ping, this is when the takeover would come
 	})
 	c := r.Counters()
-	holder := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("backlog"), nil)
+	holder := rawUpgrade(t, r.Addr, "/v1/server", rawBinaryLines("backlog"), nil)
 	// From here the holder reads nothing until the probe's ping is queued.
 
 	// A phone floods it until the relay parks the phone (its frames left
@@ -281,14 +282,14 @@ func TestProbePingReachesBackloggedHolder(t *testing.T) {
 	stopTopOff, toppedOff := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(toppedOff)
-		topOff := bytes.Repeat(cframe(true, opPing, nil), 8)
+		topOff := bytes.Repeat(wsclient.Masked(true, wsclient.OpPing, nil), 8)
 		for {
 			select {
 			case <-stopTopOff:
 				return
 			default:
 			}
-			if _, err := holder.c.Write(topOff); err != nil {
+			if _, err := holder.Conn.Write(topOff); err != nil {
 				return
 			}
 		}
@@ -302,7 +303,7 @@ func TestProbePingReachesBackloggedHolder(t *testing.T) {
 	}
 	newcomer := make(chan result, 1)
 	go func() {
-		nc, _, err := dialer.Dial("ws://"+r.addr+"/v1/server", binaryHeaders("backlog"))
+		nc, _, err := dialer.Dial("ws://"+r.Addr+"/v1/server", binaryHeaders("backlog"))
 		if err != nil {
 			newcomer <- result{err: err}
 			return
@@ -328,8 +329,8 @@ func TestProbePingReachesBackloggedHolder(t *testing.T) {
 
 	// The holder reads again: through the flood, the pongs and the notice,
 	// to the probe's ping, which it answers.
-	_ = holder.c.SetDeadline(time.Now().Add(testTimeout))
-	frames := make(chan serverFrame, 1<<16)
+	_ = holder.Conn.SetDeadline(time.Now().Add(testTimeout))
+	frames := make(chan wsclient.Frame, 1<<16)
 	var readErr atomic.Value
 	go func() {
 		defer close(frames)
@@ -342,7 +343,7 @@ func TestProbePingReachesBackloggedHolder(t *testing.T) {
 			frames <- f
 		}
 	}()
-	until := func(what string, match func(serverFrame) bool) (read int) {
+	until := func(what string, match func(wsclient.Frame) bool) (read int) {
 		t.Helper()
 		for {
 			select {
@@ -359,9 +360,9 @@ func TestProbePingReachesBackloggedHolder(t *testing.T) {
 			}
 		}
 	}
-	read := until("probe ping", func(f serverFrame) bool {
-		if f.op == opPing {
-			holder.write(cframe(true, opPong, f.payload))
+	read := until("probe ping", func(f wsclient.Frame) bool {
+		if f.Op == wsclient.OpPing {
+			holder.write(wsclient.Masked(true, wsclient.OpPong, f.Payload))
 			return true
 		}
 		return false
@@ -390,10 +391,10 @@ func TestProbePingReachesBackloggedHolder(t *testing.T) {
 		}
 		return c.OutboxBytesQueued.Load() == 0
 	})
-	p2 := mustDial(t, r.addr, "/v1/client", phoneHeaders("backlog"))
+	p2 := mustDial(t, r.Addr, "/v1/client", phoneHeaders("backlog"))
 	p2.send(t, `{"after":1}`)
-	until("the new phone's frame", func(f serverFrame) bool {
-		return f.op == opText && strings.HasSuffix(string(f.payload), `"frame":{"after":1}}`)
+	until("the new phone's frame", func(f wsclient.Frame) bool {
+		return f.Op == wsclient.OpText && strings.HasSuffix(string(f.Payload), `"frame":{"after":1}}`)
 	})
 	if r.Binaries() != 1 {
 		t.Fatalf("%d binaries, want the holder alone", r.Binaries())

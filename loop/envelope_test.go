@@ -21,6 +21,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/wsclient"
 	"switchboard/loop"
 )
 
@@ -196,13 +197,13 @@ func TestPhoneCloseNoticeAfterFrames(t *testing.T) {
 	p.expectClose(t, 4000, "")
 
 	// Same with the frames and the close frame in one TCP write.
-	ph := rawPhone(t, r.addr, "srv-order")
+	ph := rawPhone(t, r.Addr, "srv-order")
 	id = rawConnID(t, ph, b)
 	var wire []byte
 	for i := 0; i < 50; i++ {
-		wire = append(wire, cframe(true, opText, []byte(strconv.Itoa(i)))...)
+		wire = append(wire, wsclient.Masked(true, wsclient.OpText, []byte(strconv.Itoa(i)))...)
 	}
-	wire = append(wire, cframe(true, opClose, closeBody(4000, "x"))...)
+	wire = append(wire, wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(4000, "x"))...)
 	ph.write(wire)
 	for i := 0; i < 50; i++ {
 		expectMsg(t, b, splice(id, []byte(strconv.Itoa(i))))
@@ -228,10 +229,10 @@ func TestPhoneTCPDropNotice(t *testing.T) {
 
 	// A drop in the middle of a fragmented message: the partial message is
 	// never forwarded.
-	ph := rawPhone(t, r.addr, "srv-drop")
+	ph := rawPhone(t, r.Addr, "srv-drop")
 	id = rawConnID(t, ph, b)
-	ph.write(cframe(false, opText, []byte(`{"partial":`)))
-	_ = ph.c.Close()
+	ph.write(wsclient.Masked(false, wsclient.OpText, []byte(`{"partial":`)))
+	_ = ph.Conn.Close()
 	expectMsg(t, b, notice(id, 1001))
 }
 
@@ -623,7 +624,7 @@ func TestBinaryDisconnectClosesPhones(t *testing.T) {
 				p.expectClose(t, 1000, "")
 			}
 			waitFor(t, "the slot to go", func() bool { return r.Binaries() == 1 && r.Phones() == 1 })
-			late, _, err := dial(t, r.addr, "/v1/client", phoneHeaders("srv-bye"))
+			late, _, err := dial(t, r.Addr, "/v1/client", phoneHeaders("srv-bye"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -658,7 +659,7 @@ func TestManyPhonesBothWays(t *testing.T) {
 	r := startRelay(t, loop.Config{})
 	d := websocket.Dialer{HandshakeTimeout: testTimeout, ReadBufferSize: 512, WriteBufferSize: 512}
 	dialWS := func(path string, h http.Header) (*websocket.Conn, error) {
-		c, _, err := d.DialContext(ctx, "ws://"+r.addr+path, h)
+		c, _, err := d.DialContext(ctx, "ws://"+r.Addr+path, h)
 		if err == nil {
 			t.Cleanup(func() { _ = c.Close() })
 		}
@@ -827,24 +828,24 @@ func TestNoNoticeToNewBinary(t *testing.T) {
 	// they are still connected when the next binary claims the id.
 	var phones []*rawClient
 	for i := 0; i < 4; i++ {
-		ph := rawPhone(t, r.addr, "srv-new")
+		ph := rawPhone(t, r.Addr, "srv-new")
 		rawConnID(t, ph, b1)
 		phones = append(phones, ph)
 	}
 	_ = b1.conn.NetConn().Close()
 	for _, ph := range phones {
 		f := ph.mustFrame()
-		if f.op != opClose || string(f.payload) != string(closeBody(1000, "")) {
-			t.Fatalf("phone got op %#x %q, want close 1000", f.op, f.payload)
+		if f.Op != wsclient.OpClose || string(f.Payload) != string(wsclient.CloseBody(1000, "")) {
+			t.Fatalf("phone got op %#x %q, want close 1000", f.Op, f.Payload)
 		}
 	}
 	waitFor(t, "the slot to go", func() bool { return r.Binaries() == 0 && r.Phones() == 0 })
 	b2 := r.binary(t, "srv-new")
 	for i, ph := range phones {
 		if i%2 == 0 {
-			ph.write(cframe(true, opClose, closeBody(4000, ""))) // answers late
+			ph.write(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(4000, ""))) // answers late
 		} else {
-			_ = ph.c.Close() // hangs up
+			_ = ph.Conn.Close() // hangs up
 		}
 	}
 	waitFor(t, "the old phones to end", func() bool { return r.Live() == 1 })

@@ -1,9 +1,7 @@
 package loop_test
 
 import (
-	"context"
 	"errors"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -11,6 +9,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/relaytest"
 	"switchboard/loop"
 )
 
@@ -22,28 +21,11 @@ const testTimeout = 10 * time.Second
 const shortGrace = 20 * time.Millisecond
 
 // relay is a Switchboard serving on a loopback port for one test.
-type relay struct {
-	*loop.Server
-	addr string
-}
+type relay struct{ *relaytest.Relay }
 
 func startRelay(t testing.TB, cfg loop.Config) *relay {
 	t.Helper()
-	srv, err := loop.New(cfg)
-	if err != nil {
-		t.Fatalf("loop.New: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-	return &relay{Server: srv, addr: ln.Addr().String()}
+	return &relay{relaytest.Start(t, cfg)}
 }
 
 // event is one thing a peer's read loop saw: a message or the end.
@@ -85,10 +67,15 @@ func dial(t testing.TB, addr, path string, h http.Header) (*peer, *http.Response
 		return nil, resp, err
 	}
 	c.SetReadLimit(64 << 20)
+	return newPeer(t, c), resp, nil
+}
+
+// newPeer starts c's read loop and closes c when the test ends.
+func newPeer(t testing.TB, c *websocket.Conn) *peer {
 	p := &peer{conn: c, events: make(chan event, 4096)}
 	go p.readLoop()
 	t.Cleanup(func() { _ = c.Close() })
-	return p, resp, nil
+	return p
 }
 
 func (p *peer) readLoop() {
@@ -118,12 +105,12 @@ func mustDial(t testing.TB, addr, path string, h http.Header) *peer {
 
 func (r *relay) binary(t testing.TB, serverID string) *peer {
 	t.Helper()
-	return mustDial(t, r.addr, "/v1/server", binaryHeaders(serverID))
+	return mustDial(t, r.Addr, "/v1/server", binaryHeaders(serverID))
 }
 
 func (r *relay) phone(t testing.TB, serverID string) *peer {
 	t.Helper()
-	return mustDial(t, r.addr, "/v1/client", phoneHeaders(serverID))
+	return mustDial(t, r.Addr, "/v1/client", phoneHeaders(serverID))
 }
 
 // next returns the next message, failing the test on a close or timeout.

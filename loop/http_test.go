@@ -16,6 +16,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/wsclient"
 	"switchboard/loop"
 )
 
@@ -69,7 +70,7 @@ func TestHTTPRequiredHeaders(t *testing.T) {
 			}
 			for variant, lines := range variants {
 				t.Run(ep.path+"/"+name+"/"+variant, func(t *testing.T) {
-					resp, _ := exchange(t, r.addr, requestHead(ep.path, withUpgrade(lines)...))
+					resp, _ := exchange(t, r.Addr, requestHead(ep.path, withUpgrade(lines)...))
 					if resp.StatusCode != http.StatusBadRequest {
 						t.Fatalf("status %d, want 400", resp.StatusCode)
 					}
@@ -94,36 +95,36 @@ func TestHTTPRequiredHeaders(t *testing.T) {
 
 func TestHTTPHeaderNamesCaseInsensitiveValuesTrimmed(t *testing.T) {
 	r := startRelay(t, loop.Config{})
-	bin := rawUpgrade(t, r.addr, "/v1/server", []string{
+	bin := rawUpgrade(t, r.Addr, "/v1/server", []string{
 		"x-pyrycode-server: \t srv-case \t ",
 		"X-PYRYCODE-VERSION:2",
 		"user-AGENT:   pyry/1",
 	}, nil)
 	expectRegistered(t, r, 1, 0, 1)
 	// Trimmed: the phone names the bare id and finds the binary.
-	ph := rawUpgrade(t, r.addr, "/v1/client", []string{
+	ph := rawUpgrade(t, r.Addr, "/v1/client", []string{
 		"X-PYRYCODE-SERVER:srv-case   ",
 		"x-pyrycode-token:\ttok\t",
 		"USER-AGENT: phone/1",
 		"x-pyrycode-device-name: My Phone",
 	}, nil)
 	expectRegistered(t, r, 1, 1, 2)
-	ph.write(cframe(true, opText, []byte(`{"k":1}`)))
+	ph.write(wsclient.Masked(true, wsclient.OpText, []byte(`{"k":1}`)))
 	f := bin.mustFrame()
-	if !regexp.MustCompile(`^\{"conn_id":"client-srv-case-[0-9a-f]{8}","frame":\{"k":1\}\}$`).Match(f.payload) {
-		t.Fatalf("binary got %q", f.payload)
+	if !regexp.MustCompile(`^\{"conn_id":"client-srv-case-[0-9a-f]{8}","frame":\{"k":1\}\}$`).Match(f.Payload) {
+		t.Fatalf("binary got %q", f.Payload)
 	}
 }
 
 func TestHTTPFirstValueWins(t *testing.T) {
 	r := startRelay(t, loop.Config{})
-	rawUpgrade(t, r.addr, "/v1/server", []string{
+	rawUpgrade(t, r.Addr, "/v1/server", []string{
 		"X-Pyrycode-Server: srv-first",
 		"X-Pyrycode-Version: 2",
 		"User-Agent: pyry/1",
 		"X-Pyrycode-Server: srv-second",
 	}, nil)
-	p, _, err := dial(t, r.addr, "/v1/client", phoneHeaders("srv-second"))
+	p, _, err := dial(t, r.Addr, "/v1/client", phoneHeaders("srv-second"))
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -153,7 +154,7 @@ func TestHTTPServerIDBounds(t *testing.T) {
 				if ep.kind == "phone" {
 					lines = rawPhoneLines(id)
 				}
-				resp, _ := exchange(t, r.addr, requestHead(ep.path, withUpgrade(lines)...))
+				resp, _ := exchange(t, r.Addr, requestHead(ep.path, withUpgrade(lines)...))
 				if resp.StatusCode != http.StatusBadRequest {
 					t.Fatalf("server-id %q: status %d, want 400", id, resp.StatusCode)
 				}
@@ -199,13 +200,13 @@ func TestHTTPNotUpgrade(t *testing.T) {
 		"binary plain GET": requestHead("/v1/server", rawBinaryLines("srv-up-2")...),
 		"phone plain GET":  requestHead("/v1/client", rawPhoneLines("srv-up")...),
 		"binary no Connection": requestHead("/v1/server", append(rawBinaryLines("srv-up-2"),
-			"Upgrade: websocket", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: "+rawKey)...),
+			"Upgrade: websocket", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: "+wsclient.SampleKey)...),
 		"phone no Upgrade": requestHead("/v1/client", append(rawPhoneLines("srv-up"),
-			"Connection: Upgrade", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: "+rawKey)...),
+			"Connection: Upgrade", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Key: "+wsclient.SampleKey)...),
 	}
 	for name, head := range cases {
 		t.Run(name, func(t *testing.T) {
-			resp, _ := exchange(t, r.addr, head)
+			resp, _ := exchange(t, r.Addr, head)
 			if resp.StatusCode != http.StatusUpgradeRequired {
 				t.Fatalf("status %d, want 426", resp.StatusCode)
 			}
@@ -213,7 +214,7 @@ func TestHTTPNotUpgrade(t *testing.T) {
 		})
 	}
 	// An ordinary HTTP client gets the same answer.
-	req, _ := http.NewRequest("GET", "http://"+r.addr+"/v1/client", nil)
+	req, _ := http.NewRequest("GET", "http://"+r.Addr+"/v1/client", nil)
 	req.Header = phoneHeaders("srv-up")
 	resp, err := (&http.Client{Timeout: testTimeout, Transport: &http.Transport{DisableKeepAlives: true}}).Do(req)
 	if err != nil {
@@ -231,7 +232,7 @@ func TestHTTPUnknownPath(t *testing.T) {
 	for _, path := range []string{"/", "/v1", "/v1/", "/v1/servers", "/v1/server/", "/v1/client/x",
 		"/V1/SERVER", "/metrics", "/healthz/", "/healthzz", "//v1/server"} {
 		t.Run(path, func(t *testing.T) {
-			resp, _ := exchange(t, r.addr, requestHead(path, withUpgrade(rawBinaryLines("srv-404"))...))
+			resp, _ := exchange(t, r.Addr, requestHead(path, withUpgrade(rawBinaryLines("srv-404"))...))
 			if resp.StatusCode != http.StatusNotFound {
 				t.Fatalf("%s: status %d, want 404", path, resp.StatusCode)
 			}
@@ -239,7 +240,7 @@ func TestHTTPUnknownPath(t *testing.T) {
 		})
 	}
 	// Also through gorilla: the dial fails with the response.
-	_, resp, err := dial(t, r.addr, "/v2/server", binaryHeaders("srv-404"))
+	_, resp, err := dial(t, r.Addr, "/v2/server", binaryHeaders("srv-404"))
 	if err == nil || resp == nil || resp.StatusCode != http.StatusNotFound {
 		t.Fatalf("dial /v2/server: %v %v", err, resp)
 	}
@@ -257,7 +258,7 @@ func healthVia(t *testing.T, r *relay, method, reqBody string) (*http.Response, 
 	if reqBody != "" {
 		rb = strings.NewReader(reqBody)
 	}
-	req, err := http.NewRequest(method, "http://"+r.addr+"/healthz", rb)
+	req, err := http.NewRequest(method, "http://"+r.Addr+"/healthz", rb)
 	if err != nil {
 		t.Fatalf("%s /healthz: %v", method, err)
 	}
@@ -314,7 +315,7 @@ func TestHealthz(t *testing.T) {
 	expect("2", "3")
 
 	// Refusals after the 101 are not counted.
-	p, _, err := dial(t, r.addr, "/v1/client", phoneHeaders("srv-none"))
+	p, _, err := dial(t, r.Addr, "/v1/client", phoneHeaders("srv-none"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,9 +333,9 @@ func TestHealthz(t *testing.T) {
 	expect("0", "0")
 
 	// The query string is ignored; HEAD has the headers and no body.
-	rc := rawDial(t, r.addr)
+	rc := rawDial(t, r.Addr)
 	rc.write([]byte("HEAD /healthz?x=1 HTTP/1.1\r\nHost: relay\r\n\r\n"))
-	resp, err := http.ReadResponse(rc.br, &http.Request{Method: "HEAD"})
+	resp, err := rc.ReadResponse(&http.Request{Method: "HEAD"})
 	if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json; charset=utf-8" {
 		t.Fatalf("HEAD /healthz: %v %v", err, resp)
 	}
@@ -382,14 +383,14 @@ func TestHTTPMaxConnections(t *testing.T) {
 		path string
 		h    http.Header
 	}{{"/v1/client", phoneHeaders("srv-cap")}, {"/v1/server", binaryHeaders("srv-cap-2")}} {
-		_, resp, err := dial(t, r.addr, ep.path, ep.h)
+		_, resp, err := dial(t, r.Addr, ep.path, ep.h)
 		if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
 			t.Fatalf("%s at the cap: err %v, resp %v; want 503", ep.path, err, resp)
 		}
 		expectRegistered(t, r, 1, 2, 3)
 	}
 	// Raw: the 503 has an empty body.
-	resp, body := exchange(t, r.addr, requestHead("/v1/client", withUpgrade(rawPhoneLines("srv-cap"))...))
+	resp, body := exchange(t, r.Addr, requestHead("/v1/client", withUpgrade(rawPhoneLines("srv-cap"))...))
 	if resp.StatusCode != http.StatusServiceUnavailable || len(body) != 0 {
 		t.Fatalf("status %d body %q, want 503 and no body", resp.StatusCode, body)
 	}
@@ -397,7 +398,7 @@ func TestHTTPMaxConnections(t *testing.T) {
 		t.Fatalf("RejectCapacity = %d, want 3", got)
 	}
 	// /healthz is not a WebSocket connection and is still served.
-	if resp, _ := exchange(t, r.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
+	if resp, _ := exchange(t, r.Addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); resp.StatusCode != 200 {
 		t.Fatalf("healthz at the cap: %d", resp.StatusCode)
 	}
 
@@ -414,9 +415,9 @@ func TestHTTPPipelinedFrames(t *testing.T) {
 	r := startRelay(t, loop.Config{})
 	b := r.binary(t, "srv-pipe")
 	// Two data frames and a ping in the same write as the request head.
-	pipelined := append(cframe(true, opText, []byte(`{"first":true}`)), cframe(true, opBinary, []byte(`[2]`))...)
-	pipelined = append(pipelined, cframe(true, opPing, []byte("pipe-ping"))...)
-	ph := rawUpgrade(t, r.addr, "/v1/client", rawPhoneLines("srv-pipe"), pipelined)
+	pipelined := append(wsclient.Masked(true, wsclient.OpText, []byte(`{"first":true}`)), wsclient.Masked(true, wsclient.OpBinary, []byte(`[2]`))...)
+	pipelined = append(pipelined, wsclient.Masked(true, wsclient.OpPing, []byte("pipe-ping"))...)
+	ph := rawUpgrade(t, r.Addr, "/v1/client", rawPhoneLines("srv-pipe"), pipelined)
 	re := regexp.MustCompile(`^\{"conn_id":"(client-srv-pipe-[0-9a-f]{8})","frame":(.*)\}$`)
 	m1 := re.FindStringSubmatch(string(b.next(t)))
 	m2 := re.FindStringSubmatch(string(b.next(t)))
@@ -424,13 +425,13 @@ func TestHTTPPipelinedFrames(t *testing.T) {
 		t.Fatalf("binary got %v then %v", m1, m2)
 	}
 	f := ph.mustFrame()
-	if f.op != opPong || string(f.payload) != "pipe-ping" {
-		t.Fatalf("got op %#x %q, want the pong", f.op, f.payload)
+	if f.Op != wsclient.OpPong || string(f.Payload) != "pipe-ping" {
+		t.Fatalf("got op %#x %q, want the pong", f.Op, f.Payload)
 	}
 
 	// A binary's pipelined envelope is routed too.
-	rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("srv-pipe-2"),
-		cframe(true, opText, []byte(`{"conn_id":"client-srv-pipe-2-00000000","frame":1}`)))
+	rawUpgrade(t, r.Addr, "/v1/server", rawBinaryLines("srv-pipe-2"),
+		wsclient.Masked(true, wsclient.OpText, []byte(`{"conn_id":"client-srv-pipe-2-00000000","frame":1}`)))
 	waitFor(t, "the pipelined envelope", func() bool { return r.Counters().Drop(loop.DropUnknownConnID) == 1 })
 }
 
@@ -438,7 +439,7 @@ func TestHTTPOversizedHead(t *testing.T) {
 	t.Run("default limit, complete head", func(t *testing.T) {
 		r := startRelay(t, loop.Config{})
 		lines := append(rawBinaryLines("srv-big"), "X-Pad: "+strings.Repeat("p", 9000))
-		resp, _ := exchange(t, r.addr, requestHead("/v1/server", withUpgrade(lines)...))
+		resp, _ := exchange(t, r.Addr, requestHead("/v1/server", withUpgrade(lines)...))
 		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 			t.Fatalf("status %d, want 431", resp.StatusCode)
 		}
@@ -446,7 +447,7 @@ func TestHTTPOversizedHead(t *testing.T) {
 	})
 	t.Run("head never ends", func(t *testing.T) {
 		r := startRelay(t, loop.Config{MaxRequestHeaderBytes: 1024})
-		rc := rawDial(t, r.addr)
+		rc := rawDial(t, r.Addr)
 		rc.write([]byte("GET /v1/server HTTP/1.1\r\nX-Pad: " + strings.Repeat("p", 2000)))
 		resp, _ := rc.response()
 		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
@@ -466,12 +467,12 @@ func TestHTTPOversizedHead(t *testing.T) {
 		if len(ok) != limit || len(over) != limit+1 {
 			t.Fatalf("test heads are %d and %d bytes", len(ok), len(over))
 		}
-		resp, _ := exchange(t, r.addr, over)
+		resp, _ := exchange(t, r.Addr, over)
 		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 			t.Fatalf("%d-byte head: status %d, want 431", len(over), resp.StatusCode)
 		}
 		expectRegistered(t, r, 0, 0, 0)
-		resp, _ = exchange(t, r.addr, ok)
+		resp, _ = exchange(t, r.Addr, ok)
 		if resp.StatusCode != http.StatusSwitchingProtocols {
 			t.Fatalf("%d-byte head: status %d, want 101", len(ok), resp.StatusCode)
 		}
@@ -484,7 +485,7 @@ func TestHTTPOversizedHead(t *testing.T) {
 func TestRegistryPhoneUnknownServer(t *testing.T) {
 	r := startRelay(t, loop.Config{})
 	r.binary(t, "srv-known")
-	p, resp, err := dial(t, r.addr, "/v1/client", phoneHeaders("srv-unknown"))
+	p, resp, err := dial(t, r.Addr, "/v1/client", phoneHeaders("srv-unknown"))
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("dial: %v", err)
 	}
@@ -495,7 +496,7 @@ func TestRegistryPhoneUnknownServer(t *testing.T) {
 		t.Fatalf("RegistryNoServer = %d", got)
 	}
 	// Raw: the close frame is the only frame, and the relay ends the stream.
-	rc := rawPhone(t, r.addr, "srv-unknown")
+	rc := rawPhone(t, r.Addr, "srv-unknown")
 	rc.expectClose(4404, "no server with that id")
 }
 
@@ -505,7 +506,7 @@ func TestRegistryDuplicateBinary(t *testing.T) {
 	p := r.phone(t, "srv-dup")
 	connID := connIDOf(t, p, b1)
 
-	b2, _, err := dial(t, r.addr, "/v1/server", binaryHeaders("srv-dup"))
+	b2, _, err := dial(t, r.Addr, "/v1/server", binaryHeaders("srv-dup"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -560,7 +561,7 @@ func TestRegistryPhonesPerServer(t *testing.T) {
 			}
 			expectRegistered(t, r, 1, limit, limit+1)
 
-			over, _, err := dial(t, r.addr, "/v1/client", phoneHeaders("srv-many"))
+			over, _, err := dial(t, r.Addr, "/v1/client", phoneHeaders("srv-many"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -600,7 +601,7 @@ func TestRegistryNoBinaryBeforePhoneCap(t *testing.T) {
 	p2.expectClose(t, 1000, "")
 	waitFor(t, "the slot to go", func() bool { return r.Binaries() == 0 })
 	// The id's phones were at the cap; with no binary the answer is 4404.
-	p3, _, err := dial(t, r.addr, "/v1/client", phoneHeaders("srv-order"))
+	p3, _, err := dial(t, r.Addr, "/v1/client", phoneHeaders("srv-order"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -614,7 +615,7 @@ func TestRegistryNoBinaryBeforePhoneCap(t *testing.T) {
 // too: the dial itself succeeds.
 func TestRegistryRefusalIsNotHTTPError(t *testing.T) {
 	r := startRelay(t, loop.Config{})
-	c, resp, err := dialer.Dial("ws://"+r.addr+"/v1/client", phoneHeaders("nobody"))
+	c, resp, err := dialer.Dial("ws://"+r.Addr+"/v1/client", phoneHeaders("nobody"))
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -642,7 +643,7 @@ func TestRegistryRefusalEndsOnCloseReply(t *testing.T) {
 		{"/v1/server", "srv-rf", binaryHeaders("srv-rf"), 4409},
 	} {
 		// gorilla answers the close frame (and keeps the socket open).
-		p, _, err := dial(t, r.addr, tc.path, tc.h)
+		p, _, err := dial(t, r.Addr, tc.path, tc.h)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -653,25 +654,18 @@ func TestRegistryRefusalEndsOnCloseReply(t *testing.T) {
 		waitFor(t, "the refused connection to end", func() bool { return r.Live() == 1 })
 
 		// Raw: the answer may follow in the same segment as other frames.
-		rc := rawUpgrade(t, r.addr, tc.path, rawPhoneLinesFor(tc.path, tc.id), nil)
+		rc := rawUpgrade(t, r.Addr, tc.path, rawLines(tc.path, tc.id), nil)
 		f := rc.mustFrame()
-		if f.op != opClose {
-			t.Fatalf("got op %#x", f.op)
+		if f.Op != wsclient.OpClose {
+			t.Fatalf("got op %#x", f.Op)
 		}
-		rc.write(append(cframe(true, opText, []byte(`"ignored"`)), cframe(true, opClose, f.payload[:2])...))
+		rc.write(append(wsclient.Masked(true, wsclient.OpText, []byte(`"ignored"`)), wsclient.Masked(true, wsclient.OpClose, f.Payload[:2])...))
 		rc.expectEOF()
 		waitFor(t, "the refused connection to end", func() bool { return r.Live() == 1 })
 	}
 	// Every slot freed: a phone fits under the cap of 2 again.
 	p := r.phone(t, "srv-rf")
 	connIDOf(t, p, b)
-}
-
-func rawPhoneLinesFor(path, id string) []string {
-	if path == "/v1/server" {
-		return rawBinaryLines(id)
-	}
-	return rawPhoneLines(id)
 }
 
 // Origin is not checked, no subprotocol is chosen and no extension is
@@ -683,15 +677,15 @@ func TestHTTPUpgradeNegotiatesNothing(t *testing.T) {
 		"upgrade: WebSocket",
 		"CONNECTION: keep-alive, Upgrade",
 		"sec-websocket-version: 13",
-		"sec-websocket-key: "+rawKey,
+		"sec-websocket-key: "+wsclient.SampleKey,
 		"Origin: https://evil.example",
 		"Sec-WebSocket-Protocol: chat, superchat",
 		"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
 	)...)
-	rc := rawDial(t, r.addr)
+	rc := rawDial(t, r.Addr)
 	rc.write([]byte(head))
 	resp, _ := rc.response()
-	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != rawAccept {
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Sec-WebSocket-Accept") != wsclient.Accept(wsclient.SampleKey) {
 		t.Fatalf("status %d, headers %v", resp.StatusCode, resp.Header)
 	}
 	for _, h := range []string{"Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions"} {
@@ -703,7 +697,7 @@ func TestHTTPUpgradeNegotiatesNothing(t *testing.T) {
 	d := websocket.Dialer{HandshakeTimeout: testTimeout, EnableCompression: true, Subprotocols: []string{"v2"}}
 	h := phoneHeaders("srv-neg")
 	h.Set("Origin", "null")
-	c, resp, err := d.Dial("ws://"+r.addr+"/v1/client", h)
+	c, resp, err := d.Dial("ws://"+r.Addr+"/v1/client", h)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -715,8 +709,8 @@ func TestHTTPUpgradeNegotiatesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := rc.mustFrame()
-	if f.op != opText || !regexp.MustCompile(`^\{"conn_id":"client-srv-neg-[0-9a-f]{8}","frame":\{"z":1\}\}$`).Match(f.payload) {
-		t.Fatalf("binary got %q", f.payload)
+	if f.Op != wsclient.OpText || !regexp.MustCompile(`^\{"conn_id":"client-srv-neg-[0-9a-f]{8}","frame":\{"z":1\}\}$`).Match(f.Payload) {
+		t.Fatalf("binary got %q", f.Payload)
 	}
 }
 
@@ -725,7 +719,7 @@ func TestHTTPTokenNotParsed(t *testing.T) {
 	r := startRelay(t, loop.Config{})
 	r.binary(t, "srv-tok")
 	for _, tok := range []string{"x", `a"b\c, d;e=f`, "Bearer \xc3\xa9\xff", strings.Repeat("t", 4000)} {
-		rawUpgrade(t, r.addr, "/v1/client", []string{
+		rawUpgrade(t, r.Addr, "/v1/client", []string{
 			"X-Pyrycode-Server: srv-tok", "X-Pyrycode-Token: " + tok, "User-Agent: u",
 		}, nil)
 	}
@@ -739,20 +733,20 @@ func TestRegisteredBeforeUpgradeAnswered(t *testing.T) {
 	r := startRelay(t, loop.Config{})
 	for i := 0; i < 300; i++ {
 		id := "srv-race-" + strconv.Itoa(i)
-		b := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines(id), nil)
+		b := rawUpgrade(t, r.Addr, "/v1/server", rawBinaryLines(id), nil)
 		if got := r.Binaries(); got != 1 {
 			t.Fatalf("iteration %d: 101 received, Binaries() = %d", i, got)
 		}
-		p := rawUpgrade(t, r.addr, "/v1/client", rawPhoneLines(id), nil)
+		p := rawUpgrade(t, r.Addr, "/v1/client", rawPhoneLines(id), nil)
 		if got := r.Phones(); got != 1 {
 			t.Fatalf("iteration %d: 101 received, Phones() = %d", i, got)
 		}
-		p.write(cframe(true, opText, []byte(`1`)))
-		if f := b.mustFrame(); f.op != opText {
-			t.Fatalf("iteration %d: binary got op %#x %q", i, f.op, f.payload)
+		p.write(wsclient.Masked(true, wsclient.OpText, []byte(`1`)))
+		if f := b.mustFrame(); f.Op != wsclient.OpText {
+			t.Fatalf("iteration %d: binary got op %#x %q", i, f.Op, f.Payload)
 		}
-		_ = p.c.Close()
-		_ = b.c.Close()
+		_ = p.Conn.Close()
+		_ = b.Conn.Close()
 		waitFor(t, "both to go", func() bool { return r.Live() == 0 && r.Binaries() == 0 })
 	}
 }
@@ -786,7 +780,7 @@ func TestAnswerClearsHandshakeDeadline(t *testing.T) {
 	}
 	ls := make([]*lingerer, len(cases))
 	for i, tc := range cases {
-		rc := rawDial(t, r.addr)
+		rc := rawDial(t, r.Addr)
 		rc.write([]byte(tc.head))
 		resp, _ := rc.response()
 		if resp.StatusCode != tc.status {
@@ -803,7 +797,7 @@ func TestAnswerClearsHandshakeDeadline(t *testing.T) {
 			if l.tornDownIn != 0 {
 				continue
 			}
-			if _, err := l.rc.c.Write([]byte{'x'}); err != nil {
+			if _, err := l.rc.Conn.Write([]byte{'x'}); err != nil {
 				if ne, ok := err.(net.Error); ok && ne.Timeout() {
 					t.Fatalf("still open after %s", testTimeout)
 				}

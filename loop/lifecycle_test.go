@@ -12,6 +12,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/relaytest"
 	"switchboard/loop"
 )
 
@@ -24,10 +25,7 @@ func silentPeer(t testing.TB, addr, path string, h http.Header) *peer {
 		t.Fatalf("dial %s: %v", path, err)
 	}
 	c.SetPingHandler(func(string) error { return nil })
-	p := &peer{conn: c, events: make(chan event, 4096)}
-	go p.readLoop()
-	t.Cleanup(func() { _ = c.Close() })
-	return p
+	return newPeer(t, c)
 }
 
 // countingPeer answers pings and counts them.
@@ -41,10 +39,7 @@ func countingPeer(t testing.TB, addr, path string, h http.Header, pings *atomic.
 		pings.Add(1)
 		return c.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
 	})
-	p := &peer{conn: c, events: make(chan event, 4096)}
-	go p.readLoop()
-	t.Cleanup(func() { _ = c.Close() })
-	return p
+	return newPeer(t, c)
 }
 
 func roundTrip(t testing.TB, phone, binary *peer, msg string) {
@@ -64,8 +59,8 @@ func roundTrip(t testing.TB, phone, binary *peer, msg string) {
 func TestHeartbeatKeepsAnsweringPeersUp(t *testing.T) {
 	r := startRelay(t, loop.Config{HeartbeatInterval: 50 * time.Millisecond, PongTimeout: 100 * time.Millisecond})
 	var bPings, pPings atomic.Int64
-	b := countingPeer(t, r.addr, "/v1/server", binaryHeaders("hb"), &bPings)
-	p := countingPeer(t, r.addr, "/v1/client", phoneHeaders("hb"), &pPings)
+	b := countingPeer(t, r.Addr, "/v1/server", binaryHeaders("hb"), &bPings)
+	p := countingPeer(t, r.Addr, "/v1/client", phoneHeaders("hb"), &pPings)
 	waitFor(t, "ten pings to each peer", func() bool { return bPings.Load() >= 10 && pPings.Load() >= 10 })
 	roundTrip(t, p, b, `{"still":"here"}`)
 	if n := r.Counters().Close(loop.CloseHeartbeat); n != 0 {
@@ -78,7 +73,7 @@ func TestHeartbeatClosesSilentPeerInTime(t *testing.T) {
 	r := startRelay(t, loop.Config{HeartbeatInterval: interval, PongTimeout: timeout})
 	b := r.binary(t, "hb2")
 	start := time.Now()
-	silent := silentPeer(t, r.addr, "/v1/client", phoneHeaders("hb2"))
+	silent := silentPeer(t, r.Addr, "/v1/client", phoneHeaders("hb2"))
 	silent.expectClose(t, 1011, "heartbeat timeout")
 	took := time.Since(start)
 	// First ping lands in the last quarter of the interval; the pong is due
@@ -123,7 +118,7 @@ func TestGraceReclaimAndExpiry(t *testing.T) {
 		t.Fatalf("grace ended after %v, want ~300ms", took)
 	}
 	waitFor(t, "slot dropped", func() bool { return r.Phones() == 0 && r.Counters().GraceExpiries.Load() == 1 })
-	_, resp, err := dial(t, r.addr, "/v1/client", phoneHeaders("g1"))
+	_, resp, err := dial(t, r.Addr, "/v1/client", phoneHeaders("g1"))
 	if err != nil {
 		t.Fatalf("dial after expiry: %v %v", err, resp)
 	}
@@ -164,7 +159,7 @@ func TestTakeoverProbe(t *testing.T) {
 	// A live holder answers the probe: the newcomer gets 4409.
 	holder := r.binary(t, "t1")
 	p := r.phone(t, "t1")
-	dup, _, err := dial(t, r.addr, "/v1/server", binaryHeaders("t1"))
+	dup, _, err := dial(t, r.Addr, "/v1/server", binaryHeaders("t1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,22 +167,20 @@ func TestTakeoverProbe(t *testing.T) {
 	roundTrip(t, p, holder, `"holder kept"`)
 
 	// A stuck holder does not: the newcomer takes over after the probe.
-	stuck := silentPeer(t, r.addr, "/v1/server", binaryHeaders("t2"))
+	stuck := silentPeer(t, r.Addr, "/v1/server", binaryHeaders("t2"))
 	sp := r.phone(t, "t2")
 	other := r.binary(t, "t3")
 	op := r.phone(t, "t3")
 	done := make(chan *peer, 1)
 	start := time.Now()
 	go func() {
-		c, _, err := dialer.Dial("ws://"+r.addr+"/v1/server", binaryHeaders("t2"))
+		c, _, err := dialer.Dial("ws://"+r.Addr+"/v1/server", binaryHeaders("t2"))
 		if err != nil {
 			t.Error(err)
 			done <- nil
 			return
 		}
-		np := &peer{conn: c, events: make(chan event, 64)}
-		go np.readLoop()
-		done <- np
+		done <- newPeer(t, c)
 	}()
 	// While the probe waits, other server-ids and the holder's phone route.
 	waitFor(t, "probe started", func() bool { return r.Counters().TakeoverProbes.Load() == 2 })
@@ -196,7 +189,6 @@ func TestTakeoverProbe(t *testing.T) {
 	if newcomer == nil {
 		t.FailNow()
 	}
-	t.Cleanup(func() { newcomer.conn.Close() })
 	if took := time.Since(start); took < 250*time.Millisecond {
 		t.Fatalf("took over after %v, before the probe timeout", took)
 	}
@@ -208,7 +200,7 @@ func TestTakeoverProbe(t *testing.T) {
 
 func TestHandshakeTimeoutDropsHalfRequest(t *testing.T) {
 	r := startRelay(t, loop.Config{HandshakeTimeout: 200 * time.Millisecond})
-	c, err := net.Dial("tcp", r.addr)
+	c, err := net.Dial("tcp", r.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,16 +242,8 @@ func TestMessageReadTimeout(t *testing.T) {
 }
 
 func TestShutdownSends1001AndDrains(t *testing.T) {
-	srv, err := loop.New(loop.Config{DrainTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	addr := ln.Addr().String()
+	srv := relaytest.Start(t, loop.Config{DrainTimeout: 5 * time.Second})
+	addr := srv.Addr
 	var peers []*peer
 	for i := 0; i < 20; i++ {
 		id := fmt.Sprintf("sd-%d", i)

@@ -138,7 +138,7 @@ func TestBinaryLifetimeAfterTakeover(t *testing.T) {
 		tick     = takeover / 10
 	)
 	r := startRelay(t, loop.Config{BinaryMaxLifetime: lt, TakeoverTimeout: takeover, GracePeriod: 10 * time.Second})
-	stuck := silentPeer(t, r.addr, "/v1/server", binaryHeaders("life-t"))
+	stuck := silentPeer(t, r.Addr, "/v1/server", binaryHeaders("life-t"))
 	before := time.Now()
 	newcomer := r.binary(t, "life-t") // 101 only after the probe expires
 	after := time.Now()

@@ -1,36 +1,17 @@
 package loop_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/relaytest"
 	"switchboard/loop"
 )
-
-// lockedBuffer is a log sink the relay's goroutines may share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // logKeys is the closed set of keys the relay logs (docs/operations.md).
 var logKeys = map[string]bool{
@@ -42,7 +23,7 @@ var logKeys = map[string]bool{
 
 func TestLogsCarryNoSecretsAndOnlyKnownKeys(t *testing.T) {
 	const token, payload = "tok-SECRET-7f3a9", "PAYLOAD-c0ffee"
-	var sink lockedBuffer
+	var sink relaytest.LogSink
 	log := slog.New(slog.NewJSONHandler(&sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	r := startRelay(t, loop.Config{Logger: log, GracePeriod: shortGrace})
 
@@ -50,20 +31,20 @@ func TestLogsCarryNoSecretsAndOnlyKnownKeys(t *testing.T) {
 	h := phoneHeaders("logs")
 	h.Set("X-Pyrycode-Token", token)
 	h.Set("X-Pyrycode-Device-Name", "Bob's \"phone\"\n"+`{"level":"ERROR"}`)
-	p := mustDial(t, r.addr, "/v1/client", h)
+	p := mustDial(t, r.Addr, "/v1/client", h)
 	roundTrip(t, p, b, fmt.Sprintf(`{"secret":%q}`, payload))
 	b.send(t, payload)                                                 // not JSON: dropped, logged
 	b.send(t, fmt.Sprintf(`{"conn_id":%q,"frame":1}`, payload))        // unknown conn_id
 	b.send(t, fmt.Sprintf(`{"conn_id":"x","close_code":%q}`, payload)) // bad type
 	// A phone that sends non-JSON, one that violates the protocol, a refused
 	// request carrying the token.
-	p2 := mustDial(t, r.addr, "/v1/client", h)
+	p2 := mustDial(t, r.Addr, "/v1/client", h)
 	_ = p2.conn.WriteMessage(websocket.TextMessage, []byte(payload))
 	p2.expectClose(t, 1000, "")
 	missing := phoneHeaders("logs")
 	missing.Set("X-Pyrycode-Token", token)
 	missing.Del("X-Pyrycode-Server")
-	if _, resp, err := dial(t, r.addr, "/v1/client", missing); err == nil || resp == nil || resp.StatusCode != 400 {
+	if _, resp, err := dial(t, r.Addr, "/v1/client", missing); err == nil || resp == nil || resp.StatusCode != 400 {
 		t.Fatalf("want 400, got %v %v", err, resp)
 	}
 	waitFor(t, "drops counted", func() bool { return r.Counters().Drop(loop.DropBadEnvelope) == 2 })

@@ -105,7 +105,7 @@ func TestMetricsFamiliesAndTraffic(t *testing.T) {
 	}
 	b.send(t, `{"conn_id":"client-m1-00000000","frame":1}`) // unknown
 	b.send(t, `not json`)                                   // bad envelope
-	nobody, _, err := dial(t, r.addr, "/v1/client", phoneHeaders("nobody"))
+	nobody, _, err := dial(t, r.Addr, "/v1/client", phoneHeaders("nobody"))
 	if err != nil {
 		t.Fatal(err)
 	}

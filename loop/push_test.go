@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"switchboard/internal/relaytest"
 	"switchboard/loop"
 	"switchboard/push"
 )
@@ -105,7 +106,7 @@ func metricLine(t *testing.T, r *relay, series string) string {
 // reaches the relay's log.
 func TestPushWakeReachesFCM(t *testing.T) {
 	const device = "device-token-e2e-SECRET"
-	var logs syncBuffer
+	var logs relaytest.LogSink
 	f := startPush(t, &logs, nil)
 	r := startRelay(t, loop.Config{Push: f.waker,
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
@@ -170,22 +171,4 @@ func TestPushWakeSlowFCMDoesNotBlockRouting(t *testing.T) {
 	if l := metricLine(t, r, `pyrycode_relay_push_wakes_total{outcome="sent"}`); !strings.HasSuffix(l, " 0") {
 		t.Fatalf("%s while FCM is stuck", l)
 	}
-}
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/wsclient"
 	"switchboard/loop"
 )
 
@@ -99,23 +100,23 @@ func TestTakeoverNewcomerLeavesWhileQueued(t *testing.T) {
 	for _, how := range []string{"close frame", "tcp drop"} {
 		t.Run(how, func(t *testing.T) {
 			r := startRelay(t, loop.Config{TakeoverTimeout: 200 * time.Millisecond, GracePeriod: 10 * time.Second})
-			stuck := silentPeer(t, r.addr, "/v1/server", binaryHeaders("tk-leave"))
+			stuck := silentPeer(t, r.Addr, "/v1/server", binaryHeaders("tk-leave"))
 			sp := r.phone(t, "tk-leave")
-			rc := rawClaim(t, r.addr, "tk-leave")
+			rc := rawClaim(t, r.Addr, "tk-leave")
 			waitFor(t, "probe started", func() bool { return r.Counters().TakeoverProbes.Load() == 1 })
 			if how == "close frame" {
-				rc.write(frameBytes(finBit|opClose, true, closeBody(1000, "")))
+				rc.write(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1000, "")))
 				// Answered at once, not when the probe ends: 101, then the echo.
 				if resp, _ := rc.response(); resp.StatusCode != http.StatusSwitchingProtocols {
 					t.Fatalf("status %d", resp.StatusCode)
 				}
 				rc.expectClose(1000, "")
 			} else {
-				_ = rc.c.Close()
+				_ = rc.Conn.Close()
 			}
 			waitFor(t, "newcomer gone", func() bool { return r.Live() == 2 })
 
-			next := await(t, dialAsync(t, r.addr, "/v1/server", binaryHeaders("tk-leave")))
+			next := await(t, dialAsync(t, r.Addr, "/v1/server", binaryHeaders("tk-leave")))
 			stuck.expectClose(t, 1011, "heartbeat timeout")
 			sp.expectClose(t, 4404, "binary reclaimed server-id")
 			roundTrip(t, r.phone(t, "tk-leave"), next, `"next holder"`)
@@ -132,13 +133,13 @@ func TestTakeoverNewcomerLeavesWhileQueued(t *testing.T) {
 // goes into grace and the next claimant reclaims it at once.
 func TestTakeoverWinnerAlreadyLeaving(t *testing.T) {
 	r := startRelay(t, loop.Config{TakeoverTimeout: 200 * time.Millisecond, GracePeriod: 10 * time.Second})
-	stuck := silentPeer(t, r.addr, "/v1/server", binaryHeaders("tk-won"))
+	stuck := silentPeer(t, r.Addr, "/v1/server", binaryHeaders("tk-won"))
 	sp := r.phone(t, "tk-won")
-	rc := rawClaim(t, r.addr, "tk-won")
-	local := rc.c.LocalAddr().String()
+	rc := rawClaim(t, r.Addr, "tk-won")
+	local := rc.Conn.LocalAddr().String()
 	leaving, resume := pauseAt(t, "leaving", func(_, remote string) bool { return remote == local })
 	waitFor(t, "probe started", func() bool { return r.Counters().TakeoverProbes.Load() == 1 })
-	rc.write(frameBytes(finBit|opClose, true, closeBody(1000, "")))
+	rc.write(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1000, "")))
 	waitClosed(t, leaving, "newcomer leaving")
 
 	// The probe expires meanwhile: the leaving newcomer wins.
@@ -147,8 +148,8 @@ func TestTakeoverWinnerAlreadyLeaving(t *testing.T) {
 	if resp, _ := rc.response(); resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	if f := rc.mustFrame(); f.op != opClose || string(f.payload) != string(closeBody(1000, "")) {
-		t.Fatalf("got op %#x %q, want the echo of its close", f.op, f.payload)
+	if f := rc.mustFrame(); f.Op != wsclient.OpClose || string(f.Payload) != string(wsclient.CloseBody(1000, "")) {
+		t.Fatalf("got op %#x %q, want the echo of its close", f.Op, f.Payload)
 	}
 	resume()
 	rc.expectEOF()
@@ -170,7 +171,7 @@ func TestTakeoverHolderLeavesAsProbeExpires(t *testing.T) {
 	for _, first := range []string{"departure", "expiry"} {
 		t.Run(first+" first", func(t *testing.T) {
 			r := startRelay(t, loop.Config{TakeoverTimeout: 200 * time.Millisecond, GracePeriod: 10 * time.Second})
-			stuck := silentPeer(t, r.addr, "/v1/server", binaryHeaders("tk-race"))
+			stuck := silentPeer(t, r.Addr, "/v1/server", binaryHeaders("tk-race"))
 			sp := r.phone(t, "tk-race")
 			var reached <-chan struct{}
 			var resume func()
@@ -182,9 +183,9 @@ func TestTakeoverHolderLeavesAsProbeExpires(t *testing.T) {
 				local := stuck.conn.LocalAddr().String()
 				reached, resume = pauseAt(t, "leaving", func(_, remote string) bool { return remote == local })
 			}
-			n1 := dialAsync(t, r.addr, "/v1/server", binaryHeaders("tk-race"))
+			n1 := dialAsync(t, r.Addr, "/v1/server", binaryHeaders("tk-race"))
 			waitFor(t, "first probe", func() bool { return r.Counters().TakeoverProbes.Load() == 1 })
-			n2 := dialAsync(t, r.addr, "/v1/server", binaryHeaders("tk-race"))
+			n2 := dialAsync(t, r.Addr, "/v1/server", binaryHeaders("tk-race"))
 			waitFor(t, "second queued", func() bool { return r.Counters().TakeoverProbes.Load() == 2 })
 
 			if first == "departure" {
@@ -216,10 +217,10 @@ func TestTakeoverHolderLeavesAsProbeExpires(t *testing.T) {
 // newcomer kept a held 101.)
 func TestClaimQueuedBehindDepartingHolder(t *testing.T) {
 	r := startRelay(t, loop.Config{TakeoverTimeout: time.Minute, GracePeriod: 10 * time.Second})
-	holder := silentPeer(t, r.addr, "/v1/server", binaryHeaders("tk-gone"))
+	holder := silentPeer(t, r.Addr, "/v1/server", binaryHeaders("tk-gone"))
 	hp := r.phone(t, "tk-gone")
 	queued, resume := pauseAt(t, "claim-queued", onServer("tk-gone"))
-	n1 := dialAsync(t, r.addr, "/v1/server", binaryHeaders("tk-gone"))
+	n1 := dialAsync(t, r.Addr, "/v1/server", binaryHeaders("tk-gone"))
 	waitClosed(t, queued, "claim queued")
 	_ = holder.conn.UnderlyingConn().Close()
 	// Decided by the departure alone, long before the probe could end.
@@ -271,7 +272,7 @@ func TestShutdownClosesUpgradeAfterSnapshot(t *testing.T) {
 				h = phoneHeaders("sd-late")
 			}
 			admitted, resume := pauseAt(t, "admitted", onServer("sd-late"))
-			late := dialAsync(t, r.addr, path, h)
+			late := dialAsync(t, r.Addr, path, h)
 			waitClosed(t, admitted, "late upgrade past the draining check")
 			_, done := shutdownAsync(r.Server)
 			early.expectClose(t, 1001, "shutting down") // the snapshot is taken
@@ -289,10 +290,10 @@ func TestShutdownAnswersQueuedClaims(t *testing.T) {
 	const drain = 5 * time.Second
 	t.Run("queued before", func(t *testing.T) {
 		r := startRelay(t, loop.Config{DrainTimeout: drain, TakeoverTimeout: time.Minute})
-		stuck := silentPeer(t, r.addr, "/v1/server", binaryHeaders("sd-probe"))
-		n1 := dialAsync(t, r.addr, "/v1/server", binaryHeaders("sd-probe"))
+		stuck := silentPeer(t, r.Addr, "/v1/server", binaryHeaders("sd-probe"))
+		n1 := dialAsync(t, r.Addr, "/v1/server", binaryHeaders("sd-probe"))
 		waitFor(t, "probe", func() bool { return r.Counters().TakeoverProbes.Load() == 1 })
-		n2 := dialAsync(t, r.addr, "/v1/server", binaryHeaders("sd-probe"))
+		n2 := dialAsync(t, r.Addr, "/v1/server", binaryHeaders("sd-probe"))
 		waitFor(t, "second queued", func() bool { return r.Counters().TakeoverProbes.Load() == 2 })
 		_, done := shutdownAsync(r.Server)
 		stuck.expectClose(t, 1001, "shutting down")
@@ -308,11 +309,11 @@ func TestShutdownAnswersQueuedClaims(t *testing.T) {
 		// its close linger, so the late claim really queues behind it.
 		const linger = 3 * time.Second
 		r := startRelay(t, loop.Config{DrainTimeout: drain, TakeoverTimeout: time.Minute, CloseLinger: linger})
-		holder := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("sd-after"), nil)
+		holder := rawUpgrade(t, r.Addr, "/v1/server", rawBinaryLines("sd-after"), nil)
 		admitted, resume := pauseAt(t, "admitted", func(serverID, remote string) bool {
-			return serverID == "sd-after" && remote != holder.c.LocalAddr().String()
+			return serverID == "sd-after" && remote != holder.Conn.LocalAddr().String()
 		})
-		late := dialAsync(t, r.addr, "/v1/server", binaryHeaders("sd-after"))
+		late := dialAsync(t, r.Addr, "/v1/server", binaryHeaders("sd-after"))
 		waitClosed(t, admitted, "late claim past the draining check")
 		start, done := shutdownAsync(r.Server)
 		holder.expectClose(1001, "shutting down") // closed, but lingering

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/wsclient"
 	"switchboard/loop"
 )
 
@@ -24,7 +25,7 @@ var envelopeRE = regexp.MustCompile(`^\{"conn_id":"(client-[!-~]+-[0-9a-f]{8})",
 // binary sees.
 func rawConnID(t *testing.T, ph *rawClient, b *peer) string {
 	t.Helper()
-	ph.write(cframe(true, opText, []byte(`{"hello":"raw"}`)))
+	ph.write(wsclient.Masked(true, wsclient.OpText, []byte(`{"hello":"raw"}`)))
 	env := b.next(t)
 	m := envelopeRE.FindSubmatch(env)
 	if m == nil || string(env) != splice(string(m[1]), []byte(`{"hello":"raw"}`)) {
@@ -43,7 +44,7 @@ func expectMsg(t *testing.T, p *peer, want string) {
 func TestFragmentedPhoneMessages(t *testing.T) {
 	r := startRelay(t, loop.Config{GracePeriod: shortGrace})
 	b := r.binary(t, "srv-frag")
-	ph := rawPhone(t, r.addr, "srv-frag")
+	ph := rawPhone(t, r.Addr, "srv-frag")
 	id := rawConnID(t, ph, b)
 
 	var doc bytes.Buffer
@@ -62,15 +63,15 @@ func TestFragmentedPhoneMessages(t *testing.T) {
 		op   byte
 		n    int
 	}{
-		{"text/2", opText, 2},
-		{"text/many", opText, 257},
-		{"binary/3", opBinary, 3},
-		{"binary/many", opBinary, 500},
-		{"text/one-byte-each", opText, len(msg)},
-		{"text/with empty fragments", opText, len(msg) + 20}, // trailing fragments carry nothing
+		{"text/2", wsclient.OpText, 2},
+		{"text/many", wsclient.OpText, 257},
+		{"binary/3", wsclient.OpBinary, 3},
+		{"binary/many", wsclient.OpBinary, 500},
+		{"text/one-byte-each", wsclient.OpText, len(msg)},
+		{"text/with empty fragments", wsclient.OpText, len(msg) + 20}, // trailing fragments carry nothing
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ph.write(fragments(tc.op, msg, tc.n))
+			ph.write(wsclient.Fragments(tc.op, msg, tc.n))
 			expectMsg(t, b, splice(id, msg))
 		})
 	}
@@ -78,13 +79,13 @@ func TestFragmentedPhoneMessages(t *testing.T) {
 	// validated whole.
 	t.Run("utf-8 split", func(t *testing.T) {
 		m := []byte(`"✓✓"`)
-		ph.write(append(cframe(false, opText, m[:2]), cframe(true, opCont, m[2:])...))
+		ph.write(append(wsclient.Masked(false, wsclient.OpText, m[:2]), wsclient.Masked(true, wsclient.OpCont, m[2:])...))
 		expectMsg(t, b, splice(id, m))
 	})
 	// The fragments trickle in one write at a time, the frames themselves
 	// split across writes.
 	t.Run("split writes", func(t *testing.T) {
-		wire := fragments(opText, msg, 7)
+		wire := wsclient.Fragments(wsclient.OpText, msg, 7)
 		for i := 0; i < len(wire); i += 333 {
 			ph.write(wire[i:min(i+333, len(wire))])
 		}
@@ -95,25 +96,25 @@ func TestFragmentedPhoneMessages(t *testing.T) {
 func TestPingBetweenFragments(t *testing.T) {
 	r := startRelay(t, loop.Config{GracePeriod: shortGrace})
 	b := r.binary(t, "srv-ping")
-	ph := rawPhone(t, r.addr, "srv-ping")
+	ph := rawPhone(t, r.Addr, "srv-ping")
 	id := rawConnID(t, ph, b)
 
 	msg := []byte(`["one","two","three"]`)
 	ping125 := bytes.Repeat([]byte{0xA5}, 125)
 	var wire []byte
-	wire = append(wire, cframe(false, opText, msg[:7])...)
-	wire = append(wire, cframe(true, opPing, []byte("p-1"))...)
-	wire = append(wire, cframe(false, opCont, msg[7:14])...)
-	wire = append(wire, cframe(true, opPing, nil)...)
-	wire = append(wire, cframe(true, opPong, []byte("unsolicited"))...) // allowed, ignored
-	wire = append(wire, cframe(true, opPing, ping125)...)
-	wire = append(wire, cframe(true, opCont, msg[14:])...)
+	wire = append(wire, wsclient.Masked(false, wsclient.OpText, msg[:7])...)
+	wire = append(wire, wsclient.Masked(true, wsclient.OpPing, []byte("p-1"))...)
+	wire = append(wire, wsclient.Masked(false, wsclient.OpCont, msg[7:14])...)
+	wire = append(wire, wsclient.Masked(true, wsclient.OpPing, nil)...)
+	wire = append(wire, wsclient.Masked(true, wsclient.OpPong, []byte("unsolicited"))...) // allowed, ignored
+	wire = append(wire, wsclient.Masked(true, wsclient.OpPing, ping125)...)
+	wire = append(wire, wsclient.Masked(true, wsclient.OpCont, msg[14:])...)
 	ph.write(wire)
 
 	for _, want := range [][]byte{[]byte("p-1"), nil, ping125} {
 		f := ph.mustFrame()
-		if f.op != opPong || !bytes.Equal(f.payload, want) {
-			t.Fatalf("got op %#x %q, want pong %q", f.op, f.payload, want)
+		if f.Op != wsclient.OpPong || !bytes.Equal(f.Payload, want) {
+			t.Fatalf("got op %#x %q, want pong %q", f.Op, f.Payload, want)
 		}
 	}
 	expectMsg(t, b, splice(id, msg))
@@ -140,30 +141,30 @@ func TestCloseHandshake(t *testing.T) {
 	b := r.binary(t, "srv-close")
 
 	t.Run("raw phone, code and reason", func(t *testing.T) {
-		ph := rawPhone(t, r.addr, "srv-close")
+		ph := rawPhone(t, r.Addr, "srv-close")
 		id := rawConnID(t, ph, b)
-		ph.write(cframe(true, opClose, closeBody(4000, "bye now")))
+		ph.write(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(4000, "bye now")))
 		ph.expectClose(4000, "")
 		expectMsg(t, b, notice(id, 4000))
 	})
 	t.Run("raw phone, 1000", func(t *testing.T) {
-		ph := rawPhone(t, r.addr, "srv-close")
+		ph := rawPhone(t, r.Addr, "srv-close")
 		id := rawConnID(t, ph, b)
-		ph.write(cframe(true, opClose, closeBody(1000, "")))
+		ph.write(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1000, "")))
 		ph.expectClose(1000, "")
 		expectMsg(t, b, notice(id, 1000))
 	})
 	t.Run("raw phone, empty close", func(t *testing.T) {
-		ph := rawPhone(t, r.addr, "srv-close")
+		ph := rawPhone(t, r.Addr, "srv-close")
 		id := rawConnID(t, ph, b)
-		ph.write(cframe(true, opClose, nil))
+		ph.write(wsclient.Masked(true, wsclient.OpClose, nil))
 		ph.expectClose(1005, "") // echoed with no body
 		expectMsg(t, b, notice(id, 1001))
 	})
 	t.Run("raw phone, data after close is ignored", func(t *testing.T) {
-		ph := rawPhone(t, r.addr, "srv-close")
+		ph := rawPhone(t, r.Addr, "srv-close")
 		id := rawConnID(t, ph, b)
-		ph.write(append(cframe(true, opClose, closeBody(4001, "")), cframe(true, opText, []byte(`"late"`))...))
+		ph.write(append(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(4001, "")), wsclient.Masked(true, wsclient.OpText, []byte(`"late"`))...))
 		ph.expectClose(4001, "")
 		expectMsg(t, b, notice(id, 4001))
 	})
@@ -178,9 +179,9 @@ func TestCloseHandshake(t *testing.T) {
 		expectMsg(t, b, notice(id, 4321))
 	})
 	t.Run("raw binary", func(t *testing.T) {
-		bin := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("srv-close-2"), nil)
+		bin := rawUpgrade(t, r.Addr, "/v1/server", rawBinaryLines("srv-close-2"), nil)
 		p := r.phone(t, "srv-close-2")
-		bin.write(cframe(true, opClose, closeBody(1001, "restarting")))
+		bin.write(wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1001, "restarting")))
 		bin.expectClose(1001, "")
 		p.expectClose(t, 1000, "") // its slot went with it
 		waitFor(t, "the slot to go", func() bool { return r.Binaries() == 1 })
@@ -192,58 +193,58 @@ func TestProtocolViolations(t *testing.T) {
 	r := startRelay(t, loop.Config{GracePeriod: shortGrace})
 	b := r.binary(t, "srv-proto")
 
-	text := func(s string) []byte { return cframe(true, opText, []byte(s)) }
+	text := func(s string) []byte { return wsclient.Masked(true, wsclient.OpText, []byte(s)) }
 	long := bytes.Repeat([]byte("x"), 126)
 	cases := []struct {
 		name    string
 		wire    []byte
 		forward string // a good message in wire before the violation
 	}{
-		{name: "RSV1", wire: frameBytes(finBit|0x40|opText, true, []byte(`1`))},
-		{name: "RSV2", wire: frameBytes(finBit|0x20|opText, true, []byte(`1`))},
-		{name: "RSV3", wire: frameBytes(finBit|0x10|opText, true, []byte(`1`))},
-		{name: "RSV1 on a ping", wire: frameBytes(finBit|0x40|opPing, true, nil)},
-		{name: "RSV on a continuation", wire: append(cframe(false, opText, []byte(`[`)), frameBytes(finBit|0x40|opCont, true, []byte(`]`))...)},
-		{name: "opcode 3", wire: frameBytes(finBit|0x3, true, []byte(`1`))},
-		{name: "opcode 7", wire: frameBytes(finBit|0x7, true, []byte(`1`))},
-		{name: "opcode 0xB", wire: frameBytes(finBit|0xB, true, nil)},
-		{name: "opcode 0xF", wire: frameBytes(finBit|0xF, true, nil)},
-		{name: "unmasked text", wire: frameBytes(finBit|opText, false, []byte(`1`))},
-		{name: "unmasked empty text", wire: frameBytes(finBit|opText, false, nil)},
-		{name: "unmasked ping", wire: frameBytes(finBit|opPing, false, []byte("p"))},
-		{name: "unmasked close", wire: frameBytes(finBit|opClose, false, closeBody(1000, ""))},
-		{name: "unmasked continuation", wire: append(cframe(false, opText, []byte(`[`)), frameBytes(finBit|opCont, false, []byte(`]`))...)},
-		{name: "continuation first", wire: cframe(true, opCont, []byte(`1`))},
-		{name: "non-final continuation first", wire: cframe(false, opCont, []byte(`1`))},
-		{name: "continuation after a whole message", wire: append(text(`1`), cframe(true, opCont, []byte(`2`))...), forward: `1`},
-		{name: "text inside a fragmented message", wire: append(cframe(false, opText, []byte(`[1`)), text(`2`)...)},
-		{name: "binary inside a fragmented message", wire: append(cframe(false, opText, []byte(`[1`)), cframe(false, opBinary, []byte(`2`))...)},
-		{name: "ping 126 bytes", wire: cframe(true, opPing, long)},
-		{name: "pong 126 bytes", wire: cframe(true, opPong, long)},
-		{name: "close 126 bytes", wire: cframe(true, opClose, append(closeBody(1000, ""), long[:124]...))},
-		{name: "fragmented ping", wire: cframe(false, opPing, []byte("p"))},
-		{name: "fragmented close", wire: cframe(false, opClose, closeBody(1000, ""))},
-		{name: "fragmented pong", wire: cframe(false, opPong, nil)},
-		{name: "close with 1-byte body", wire: cframe(true, opClose, []byte{0x03})},
-		{name: "close code 999", wire: cframe(true, opClose, closeBody(999, ""))},
-		{name: "close code 0", wire: cframe(true, opClose, closeBody(0, ""))},
-		{name: "close code 1004", wire: cframe(true, opClose, closeBody(1004, ""))},
-		{name: "close code 1005", wire: cframe(true, opClose, closeBody(1005, ""))},
-		{name: "close code 1006", wire: cframe(true, opClose, closeBody(1006, ""))},
-		{name: "close code 1015", wire: cframe(true, opClose, closeBody(1015, ""))},
-		{name: "close code 1016", wire: cframe(true, opClose, closeBody(1016, ""))},
-		{name: "close code 2999", wire: cframe(true, opClose, closeBody(2999, ""))},
-		{name: "close code 5000", wire: cframe(true, opClose, closeBody(5000, ""))},
-		{name: "close code 65535", wire: cframe(true, opClose, closeBody(65535, ""))},
-		{name: "close reason not UTF-8", wire: cframe(true, opClose, closeBody(1000, "\xff\xfe"))},
-		{name: "16-bit length under 126", wire: []byte{finBit | opText, 0x80 | 126, 0, 5, 1, 2, 3, 4, 'a', 'b', 'c', 'd', 'e'}},
-		{name: "64-bit length under 65536", wire: []byte{finBit | opText, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4, 'a', 'b', 'c', 'd', 'e'}},
-		{name: "64-bit length with the top bit set", wire: []byte{finBit | opText, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4}},
+		{name: "RSV1", wire: wsclient.Masked(true, 0x40|wsclient.OpText, []byte(`1`))},
+		{name: "RSV2", wire: wsclient.Masked(true, 0x20|wsclient.OpText, []byte(`1`))},
+		{name: "RSV3", wire: wsclient.Masked(true, 0x10|wsclient.OpText, []byte(`1`))},
+		{name: "RSV1 on a ping", wire: wsclient.Masked(true, 0x40|wsclient.OpPing, nil)},
+		{name: "RSV on a continuation", wire: append(wsclient.Masked(false, wsclient.OpText, []byte(`[`)), wsclient.Masked(true, 0x40|wsclient.OpCont, []byte(`]`))...)},
+		{name: "opcode 3", wire: wsclient.Masked(true, 0x3, []byte(`1`))},
+		{name: "opcode 7", wire: wsclient.Masked(true, 0x7, []byte(`1`))},
+		{name: "opcode 0xB", wire: wsclient.Masked(true, 0xB, nil)},
+		{name: "opcode 0xF", wire: wsclient.Masked(true, 0xF, nil)},
+		{name: "unmasked text", wire: wsclient.Unmasked(true, wsclient.OpText, []byte(`1`))},
+		{name: "unmasked empty text", wire: wsclient.Unmasked(true, wsclient.OpText, nil)},
+		{name: "unmasked ping", wire: wsclient.Unmasked(true, wsclient.OpPing, []byte("p"))},
+		{name: "unmasked close", wire: wsclient.Unmasked(true, wsclient.OpClose, wsclient.CloseBody(1000, ""))},
+		{name: "unmasked continuation", wire: append(wsclient.Masked(false, wsclient.OpText, []byte(`[`)), wsclient.Unmasked(true, wsclient.OpCont, []byte(`]`))...)},
+		{name: "continuation first", wire: wsclient.Masked(true, wsclient.OpCont, []byte(`1`))},
+		{name: "non-final continuation first", wire: wsclient.Masked(false, wsclient.OpCont, []byte(`1`))},
+		{name: "continuation after a whole message", wire: append(text(`1`), wsclient.Masked(true, wsclient.OpCont, []byte(`2`))...), forward: `1`},
+		{name: "text inside a fragmented message", wire: append(wsclient.Masked(false, wsclient.OpText, []byte(`[1`)), text(`2`)...)},
+		{name: "binary inside a fragmented message", wire: append(wsclient.Masked(false, wsclient.OpText, []byte(`[1`)), wsclient.Masked(false, wsclient.OpBinary, []byte(`2`))...)},
+		{name: "ping 126 bytes", wire: wsclient.Masked(true, wsclient.OpPing, long)},
+		{name: "pong 126 bytes", wire: wsclient.Masked(true, wsclient.OpPong, long)},
+		{name: "close 126 bytes", wire: wsclient.Masked(true, wsclient.OpClose, append(wsclient.CloseBody(1000, ""), long[:124]...))},
+		{name: "fragmented ping", wire: wsclient.Masked(false, wsclient.OpPing, []byte("p"))},
+		{name: "fragmented close", wire: wsclient.Masked(false, wsclient.OpClose, wsclient.CloseBody(1000, ""))},
+		{name: "fragmented pong", wire: wsclient.Masked(false, wsclient.OpPong, nil)},
+		{name: "close with 1-byte body", wire: wsclient.Masked(true, wsclient.OpClose, []byte{0x03})},
+		{name: "close code 999", wire: wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(999, ""))},
+		{name: "close code 0", wire: wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(0, ""))},
+		{name: "close code 1004", wire: wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1004, ""))},
+		{name: "close code 1005", wire: wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1005, ""))},
+		{name: "close code 1006", wire: wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1006, ""))},
+		{name: "close code 1015", wire: wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1015, ""))},
+		{name: "close code 1016", wire: wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1016, ""))},
+		{name: "close code 2999", wire: wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(2999, ""))},
+		{name: "close code 5000", wire: wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(5000, ""))},
+		{name: "close code 65535", wire: wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(65535, ""))},
+		{name: "close reason not UTF-8", wire: wsclient.Masked(true, wsclient.OpClose, wsclient.CloseBody(1000, "\xff\xfe"))},
+		{name: "16-bit length under 126", wire: []byte{wsclient.Fin | wsclient.OpText, 0x80 | 126, 0, 5, 1, 2, 3, 4, 'a', 'b', 'c', 'd', 'e'}},
+		{name: "64-bit length under 65536", wire: []byte{wsclient.Fin | wsclient.OpText, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4, 'a', 'b', 'c', 'd', 'e'}},
+		{name: "64-bit length with the top bit set", wire: []byte{wsclient.Fin | wsclient.OpText, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 5, 1, 2, 3, 4}},
 	}
 	before := r.Counters().Close(loop.CloseProtocol)
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			ph := rawPhone(t, r.addr, "srv-proto")
+			ph := rawPhone(t, r.Addr, "srv-proto")
 			id := rawConnID(t, ph, b)
 			ph.write(tc.wire)
 			ph.expectClose(1002, "")
@@ -260,9 +261,9 @@ func TestProtocolViolations(t *testing.T) {
 	}
 
 	t.Run("binary", func(t *testing.T) {
-		bin := rawUpgrade(t, r.addr, "/v1/server", rawBinaryLines("srv-proto-2"), nil)
+		bin := rawUpgrade(t, r.Addr, "/v1/server", rawBinaryLines("srv-proto-2"), nil)
 		p := r.phone(t, "srv-proto-2")
-		bin.write(frameBytes(finBit|opText, false, []byte(`{}`)))
+		bin.write(wsclient.Unmasked(true, wsclient.OpText, []byte(`{}`)))
 		bin.expectClose(1002, "")
 		p.expectClose(t, 1000, "")
 		waitFor(t, "the slot to go", func() bool { return r.Binaries() == 1 })
@@ -282,13 +283,13 @@ func TestMessageSizeLimit(t *testing.T) {
 			b := r.binary(t, "srv-size")
 
 			t.Run("phone exactly at the limit", func(t *testing.T) {
-				ph := rawPhone(t, r.addr, "srv-size")
+				ph := rawPhone(t, r.Addr, "srv-size")
 				id := rawConnID(t, ph, b)
-				ph.write(cframe(true, opText, pad(limit)))
+				ph.write(wsclient.Masked(true, wsclient.OpText, pad(limit)))
 				expectMsg(t, b, splice(id, pad(limit)))
-				ph.write(fragments(opBinary, pad(limit), 5))
+				ph.write(wsclient.Fragments(wsclient.OpBinary, pad(limit), 5))
 				expectMsg(t, b, splice(id, pad(limit)))
-				_ = ph.c.Close()
+				_ = ph.Conn.Close()
 				expectMsg(t, b, notice(id, 1001))
 			})
 			t.Run("gorilla phone exactly at the limit", func(t *testing.T) {
@@ -302,15 +303,15 @@ func TestMessageSizeLimit(t *testing.T) {
 				name string
 				wire []byte
 			}{
-				{"one frame", cframe(true, opText, pad(limit+1))},
-				{"two fragments", fragments(opText, pad(limit+1), 2)},
+				{"one frame", wsclient.Masked(true, wsclient.OpText, pad(limit+1))},
+				{"two fragments", wsclient.Fragments(wsclient.OpText, pad(limit+1), 2)},
 				{"excess in a middle fragment", append(
-					cframe(false, opText, pad(limit + 1)[:limit-1]),
-					append(cframe(false, opCont, []byte("aa")), cframe(true, opCont, []byte(`"`))...)...)},
-				{"header alone", frameBytes(finBit|opText, true, pad(limit+1))[:14]},
+					wsclient.Masked(false, wsclient.OpText, pad(limit + 1)[:limit-1]),
+					append(wsclient.Masked(false, wsclient.OpCont, []byte("aa")), wsclient.Masked(true, wsclient.OpCont, []byte(`"`))...)...)},
+				{"header alone", wsclient.Masked(true, wsclient.OpText, pad(limit+1))[:14]},
 			} {
 				t.Run("phone one byte over/"+over.name, func(t *testing.T) {
-					ph := rawPhone(t, r.addr, "srv-size")
+					ph := rawPhone(t, r.Addr, "srv-size")
 					id := rawConnID(t, ph, b)
 					ph.write(over.wire)
 					ph.expectClose(1009, reason)

@@ -1,7 +1,6 @@
 package push_test
 
 import (
-	"bytes"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -132,24 +131,6 @@ func (fs *fcmServer) checkRequests(t testing.TB) {
 	for _, b := range fs.bad {
 		t.Errorf("bad FCM request: %s", b)
 	}
-}
-
-// logBuffer is a goroutine-safe log sink.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // newWaker builds a Waker on the fakes; change adjusts its Config.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"switchboard/internal/relaytest"
 	"switchboard/push"
 )
 
@@ -189,7 +190,7 @@ func TestWakeTimeout(t *testing.T) {
 
 func TestDeviceTokenNeverLogged(t *testing.T) {
 	const secret = "DEVICE-TOKEN-SECRET-123"
-	var logs logBuffer
+	var logs relaytest.LogSink
 	fcm := newFCMServer(t, nil)
 	w := newWaker(t, newTokenServer(t), fcm, &logs, nil)
 	for range 8 { // 6 sent, 2 dropped by the bucket

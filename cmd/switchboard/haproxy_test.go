@@ -17,18 +17,14 @@ package main
 // /healthz counts confirm it from the relays' side.
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,6 +32,9 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"switchboard/internal/relaytest"
+	"switchboard/internal/wsclient"
 )
 
 const (
@@ -65,90 +64,18 @@ func haproxyPath() string {
 	return ""
 }
 
-// freePort returns a loopback port nobody was listening on a moment ago. It
-// is picked below the ephemeral range when there is room, so that no
-// outgoing connection can take a killed node's port before its restart.
-func freePort(t *testing.T) int {
-	t.Helper()
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(b)); len(f) == 2 {
-			if lo, err := strconv.Atoi(f[0]); err == nil && lo > 12000 {
-				for range 100 {
-					port := 10000 + rand.IntN(lo-10000)
-					if ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
-						ln.Close()
-						return port
-					}
-				}
-			}
-		}
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // soNode is one relay process; a restart replaces proc on the same port.
 type soNode struct {
 	name string // HAProxy's server name for it
 	addr string
-	proc *soProc
-}
-
-type soProc struct {
-	cmd    *exec.Cmd
-	logs   *logSink
-	exited chan struct{}
-}
-
-func filteredEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "SWITCHBOARD_") {
-			env = append(env, kv)
-		}
-	}
-	return env
+	proc *relaytest.Process
 }
 
 // startNode runs the relay on n.addr and waits until it listens.
-func startNode(t *testing.T, bin string, n *soNode) {
+func startNode(t *testing.T, n *soNode) {
 	t.Helper()
-	logs := &logSink{listening: make(chan string, 1)}
-	cmd := exec.Command(bin, "--listen", n.addr, "--proxy-protocol", "--rate-limit-burst", "0",
+	n.proc = relaytest.Switchboard(t, "--listen", n.addr, "--proxy-protocol", "--rate-limit-burst", "0",
 		"--grace-period", soGrace.String(), "--binary-max-lifetime", soLifetime.String(), "--admin-listen", "")
-	cmd.Env = filteredEnv()
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &soProc{cmd: cmd, logs: logs, exited: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() { p.kill() })
-	n.proc = p
-	select {
-	case <-logs.listening:
-	case <-p.exited:
-		t.Fatalf("node %s exited before listening:\n%s", n.name, tail(logs.String()))
-	case <-time.After(soStartWait):
-		t.Fatalf("node %s not listening after %v:\n%s", n.name, soStartWait, tail(logs.String()))
-	}
-}
-
-// kill ends the process with SIGKILL and waits for it.
-func (p *soProc) kill() {
-	select {
-	case <-p.exited:
-	default:
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
 }
 
 // proxyV2Local is a PROXY protocol v2 header with the LOCAL command: the
@@ -163,17 +90,17 @@ type health struct {
 // nodeHealth asks a node (which requires PROXY v2) for /healthz directly.
 func nodeHealth(addr string) (health, error) {
 	var h health
-	nc, err := net.DialTimeout("tcp", addr, time.Second)
+	c, err := wsclient.DialTCP(addr, wsclient.Options{Timeout: time.Second})
 	if err != nil {
 		return h, err
 	}
-	defer nc.Close()
-	_ = nc.SetDeadline(time.Now().Add(2 * time.Second))
-	req := append(append([]byte(nil), proxyV2Local...), "GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"...)
-	if _, err := nc.Write(req); err != nil {
+	defer c.Close()
+	_ = c.Conn.SetDeadline(time.Now().Add(2 * time.Second))
+	req := append(append([]byte(nil), proxyV2Local...), wsclient.Head("/healthz", "node", "Connection: close")...)
+	if _, err := c.Conn.Write(req); err != nil {
 		return h, err
 	}
-	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	resp, err := c.ReadResponse(nil)
 	if err != nil {
 		return h, err
 	}
@@ -205,7 +132,7 @@ defaults
     retries 0
 
 frontend relay
-    bind 127.0.0.1:%d
+    bind %s
     acl healthz path /healthz
     acl has_server_id req.hdr(X-Pyrycode-Server) -m reg .
     http-request deny deny_status 400 if !healthz !has_server_id
@@ -424,7 +351,7 @@ func (p *soPair) check(want func(string) bool, seq int) (string, error) {
 type scaleOut struct {
 	t       *testing.T
 	nodes   []*soNode
-	haproxy *soProc
+	haproxy *relaytest.Process
 	pairs   []*soPair
 	errs    chan error
 	seq     atomic.Int64
@@ -516,9 +443,9 @@ func (s *scaleOut) diagnostics() string {
 	for _, n := range s.nodes {
 		h, err := nodeHealth(n.addr)
 		fmt.Fprintf(&b, "node %s (%s): %+v %v\n", n.name, n.addr, h, err)
-		fmt.Fprintf(&b, "%s\n", tail(n.proc.logs.String()))
+		fmt.Fprintf(&b, "%s\n", n.proc.Logs.Tail())
 	}
-	fmt.Fprintf(&b, "haproxy:\n%s\n", tail(s.haproxy.logs.String()))
+	fmt.Fprintf(&b, "haproxy:\n%s\n", s.haproxy.Logs.Tail())
 	return b.String()
 }
 
@@ -536,39 +463,27 @@ func TestScaleOutBehindHAProxy(t *testing.T) {
 		t.Skip("haproxy not on PATH: install it (apt-get install haproxy) to run the scale-out test")
 	}
 	dir := t.TempDir()
-	bin := buildSwitchboard(t, dir)
+	relaytest.Build(t, "switchboard/cmd/switchboard") // now: the time limit excludes the build
 	began := time.Now()
 
 	s := &scaleOut{t: t, errs: make(chan error, soPairs)}
 	var servers strings.Builder
 	for i := range soNodes {
-		n := &soNode{name: fmt.Sprintf("n%d", i), addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))}
+		n := &soNode{name: fmt.Sprintf("n%d", i), addr: relaytest.FreeAddr(t)}
 		s.nodes = append(s.nodes, n)
 		fmt.Fprintf(&servers, "    server %s %s id %d\n", n.name, n.addr, i+1)
 	}
 	for _, n := range s.nodes {
-		startNode(t, bin, n)
+		startNode(t, n)
 	}
 
 	// HAProxy in the foreground; ready once /healthz answers through it.
-	fePort := freePort(t)
-	fe := net.JoinHostPort("127.0.0.1", strconv.Itoa(fePort))
+	fe := relaytest.FreeAddr(t)
 	cfgPath := filepath.Join(dir, "haproxy.cfg")
-	if err := os.WriteFile(cfgPath, fmt.Appendf(nil, soHAProxyConfig, fePort, servers.String()), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, fmt.Appendf(nil, soHAProxyConfig, fe, servers.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	hlogs := &logSink{listening: make(chan string, 1)}
-	hcmd := exec.Command(hap, "-f", cfgPath, "-db")
-	hcmd.Stdout, hcmd.Stderr = hlogs, hlogs
-	if err := hcmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s.haproxy = &soProc{cmd: hcmd, logs: hlogs, exited: make(chan struct{})}
-	go func() {
-		_ = hcmd.Wait()
-		close(s.haproxy.exited)
-	}()
-	t.Cleanup(s.haproxy.kill)
+	s.haproxy = relaytest.Exec(t, relaytest.Command{Path: hap, Args: []string{"-f", cfgPath, "-db"}})
 	waitHAProxy(t, s.haproxy, fe)
 
 	// Requests without the server-id header are denied (except /healthz).
@@ -615,7 +530,7 @@ func TestScaleOutBehindHAProxy(t *testing.T) {
 			victim = n
 		}
 	}
-	victim.proc.kill()
+	victim.proc.Kill()
 	t.Logf("(b) killed %s (%d binaries)", victim.name, homes[victim.name])
 	moved := s.converge("(b) "+victim.name+" down", func(_ *soPair, n string) bool { return n != victim.name })
 	var alive []*soNode
@@ -634,7 +549,7 @@ func TestScaleOutBehindHAProxy(t *testing.T) {
 	// (c) Restart it on the same port: within lifetime + grace + slack every
 	// moved binary is back on its home node, its phones with it.
 	restarted := time.Now()
-	startNode(t, bin, victim)
+	startNode(t, victim)
 	back := s.converge("(c) "+victim.name+" back", func(p *soPair, n string) bool { return n == home[p.id] })
 	took := time.Since(restarted)
 	s.healthMatches("(c) healthz", homes, s.nodes)
@@ -658,7 +573,7 @@ func TestScaleOutBehindHAProxy(t *testing.T) {
 }
 
 // waitHAProxy polls /healthz through HAProxy until a node answers.
-func waitHAProxy(t *testing.T, p *soProc, fe string) {
+func waitHAProxy(t *testing.T, p *relaytest.Process, fe string) {
 	t.Helper()
 	deadline := time.Now().Add(soStartWait)
 	client := &http.Client{Timeout: time.Second}
@@ -672,12 +587,12 @@ func waitHAProxy(t *testing.T, p *soProc, fe string) {
 			}
 		}
 		select {
-		case <-p.exited:
-			t.Fatalf("haproxy exited:\n%s", p.logs.String())
+		case <-p.Exited():
+			t.Fatalf("haproxy exited:\n%s", p.Logs.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("haproxy not serving /healthz after %v (%v):\n%s", soStartWait, err, p.logs.String())
+			t.Fatalf("haproxy not serving /healthz after %v (%v):\n%s", soStartWait, err, p.Logs.String())
 		}
 		time.Sleep(20 * time.Millisecond) // a process must start
 	}

@@ -10,8 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"switchboard/internal/relaytest"
 	"switchboard/loop"
 )
+
+// The SIGTERM and scale-out tests run the built command; relaytest builds
+// it once for both and removes it after.
+func TestMain(m *testing.M) { relaytest.Main(m) }
 
 func TestBadFlagValuesExit2WithOneLine(t *testing.T) {
 	cases := [][]string{

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"switchboard/bench"
+	"switchboard/internal/wsclient"
 )
 
 // binaryConn is one echoing binary. Its reader turns every phone envelope
@@ -16,7 +16,7 @@ import (
 type binaryConn struct {
 	e  *engine
 	id string
-	c  *bench.Client
+	c  *wsclient.Client
 
 	mu      sync.Mutex
 	ready   sync.Cond // writer: something queued or done
@@ -39,7 +39,7 @@ func (e *engine) connectBinaries(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			id := e.serverID(i)
-			c, err := bench.Dial(e.cfg.Addr, "/v1/server", e.headers(id, false, 1<<40+int64(i)), e.localAddr(), e.cfg.DialTimeout)
+			c, err := wsclient.Dial(e.cfg.Addr, wsclient.Options{Timeout: e.cfg.DialTimeout, Local: e.localAddr()}, wsclient.Request{Path: "/v1/server", Header: e.headers(id, false, 1<<40+int64(i))})
 			if err != nil {
 				e.connFails.add("binary_"+dialKind(err), 1)
 				return
@@ -87,7 +87,7 @@ func (b *binaryConn) readLoop() {
 			b.space.Wait()
 		}
 		if !b.done {
-			b.pending = bench.AppendMaskedFrame(b.pending, 0x1, p)
+			b.pending = wsclient.AppendMasked(b.pending, wsclient.OpText, p)
 			b.ready.Signal()
 		}
 		b.mu.Unlock()
@@ -165,6 +165,6 @@ func (e *engine) closeBinaries() {
 	wg.Wait()
 }
 
-var closeFrameBytes = bench.AppendMaskedFrame(nil, 0x8, []byte{0x03, 0xe8}) // 1000
+var closeFrameBytes = wsclient.AppendMasked(nil, wsclient.OpClose, []byte{0x03, 0xe8}) // 1000
 
 func closeFrame() []byte { return closeFrameBytes }

@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"switchboard/bench"
+	"switchboard/internal/wsclient"
 )
 
 // engine drives one process's share of a run: its binaries (binaries.go),
@@ -54,7 +54,7 @@ type engine struct {
 	startCh  chan struct{} // active: closed when the window opens
 
 	connsMu sync.Mutex
-	conns   map[*bench.Client]struct{} // every open phone, for deadlines and abort
+	conns   map[*wsclient.Client]struct{} // every open phone, for deadlines and abort
 
 	binaries []*binaryConn
 	phWG     sync.WaitGroup // phone goroutines
@@ -72,7 +72,7 @@ func newEngine(cfg Config, sh share) *engine {
 		latSend: newRecorder(shards),
 		stopCh:  make(chan struct{}),
 		startCh: make(chan struct{}),
-		conns:   make(map[*bench.Client]struct{}),
+		conns:   make(map[*wsclient.Client]struct{}),
 	}
 	e.nextLocal.Store(uint64(sh.index))
 	e.phase.Store("start")
@@ -81,13 +81,13 @@ func newEngine(cfg Config, sh share) *engine {
 
 func (e *engine) since() time.Duration { return time.Since(e.start) }
 
-func (e *engine) track(c *bench.Client) {
+func (e *engine) track(c *wsclient.Client) {
 	e.connsMu.Lock()
 	e.conns[c] = struct{}{}
 	e.connsMu.Unlock()
 }
 
-func (e *engine) untrack(c *bench.Client) {
+func (e *engine) untrack(c *wsclient.Client) {
 	e.connsMu.Lock()
 	delete(e.conns, c)
 	e.connsMu.Unlock()

@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"switchboard/bench"
+	"switchboard/internal/wsclient"
 )
 
 // What goes wrong is counted by kind: a short name for what happened
@@ -60,7 +60,7 @@ func closeCode(payload []byte) int {
 
 // dialKind names a failed dial: its HTTP status or the socket error.
 func dialKind(err error) string {
-	var se *bench.StatusError
+	var se *wsclient.StatusError
 	if errors.As(err, &se) {
 		return "http_" + strconv.Itoa(se.Code)
 	}
@@ -94,7 +94,7 @@ func ioKind(err error) string {
 // readKind names a failed read: the close code the relay sent, or the
 // socket error.
 func readKind(err error, payload []byte) string {
-	if errors.Is(err, bench.ErrClosed) {
+	if errors.Is(err, wsclient.ErrClosed) {
 		return "close_" + strconv.Itoa(closeCode(payload))
 	}
 	return ioKind(err)

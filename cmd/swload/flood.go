@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"switchboard/bench"
+	"switchboard/internal/wsclient"
 )
 
 // --mode flood: peers that write as fast as loopback lets them, beside a
@@ -90,8 +90,8 @@ type flood struct {
 	closing  atomic.Bool // teardown: connection ends are no longer disconnects
 
 	connsMu  sync.Mutex
-	flooders map[*bench.Client]struct{} // for write deadlines and abort
-	all      []*bench.Client
+	flooders map[*wsclient.Client]struct{} // for write deadlines and abort
+	all      []*wsclient.Client
 
 	writers sync.WaitGroup // flood writers (and phone flooder slots)
 	readers sync.WaitGroup // every read loop
@@ -108,7 +108,7 @@ func newFlood(cfg Config) *flood {
 		abortCh:  make(chan struct{}),
 		startCh:  make(chan struct{}),
 		stopCh:   make(chan struct{}),
-		flooders: make(map[*bench.Client]struct{}),
+		flooders: make(map[*wsclient.Client]struct{}),
 	}
 }
 
@@ -135,12 +135,12 @@ func (f *flood) headers(serverID string, phone bool) http.Header {
 	return h
 }
 
-func (f *flood) dial(serverID string, phone bool) (*bench.Client, error) {
+func (f *flood) dial(serverID string, phone bool) (*wsclient.Client, error) {
 	path := "/v1/server"
 	if phone {
 		path = "/v1/client"
 	}
-	c, err := bench.Dial(f.cfg.Addr, path, f.headers(serverID, phone), f.localAddr(), f.cfg.DialTimeout)
+	c, err := wsclient.Dial(f.cfg.Addr, wsclient.Options{Timeout: f.cfg.DialTimeout, Local: f.localAddr()}, wsclient.Request{Path: path, Header: f.headers(serverID, phone)})
 	if err != nil {
 		return nil, err
 	}
@@ -152,11 +152,11 @@ func (f *flood) dial(serverID string, phone bool) (*bench.Client, error) {
 
 // dialPhone dials a phone. A relay that registers a binary only after its
 // 101 (the reference) may refuse it 4404: that shows up as a disconnect.
-func (f *flood) dialPhone(serverID string) (*bench.Client, error) {
+func (f *flood) dialPhone(serverID string) (*wsclient.Client, error) {
 	return f.dial(serverID, true)
 }
 
-func (f *flood) trackFlooder(c *bench.Client, on bool) {
+func (f *flood) trackFlooder(c *wsclient.Client, on bool) {
 	f.connsMu.Lock()
 	if on {
 		f.flooders[c] = struct{}{}
@@ -216,12 +216,12 @@ func endKind(err error, payload []byte) string { return readKind(err, payload) }
 // (ReadFrame does), hands text frames to onFrame and records how the
 // connection ended, closing it so a writer on it stops too.
 type watcher struct {
-	c    *bench.Client
+	c    *wsclient.Client
 	done chan struct{}
 	kind string // how it ended; "" while running or ended by teardown
 }
 
-func (f *flood) watch(c *bench.Client, onFrame func(p []byte)) *watcher {
+func (f *flood) watch(c *wsclient.Client, onFrame func(p []byte)) *watcher {
 	w := &watcher{c: c, done: make(chan struct{})}
 	f.readers.Add(1)
 	go func() {
@@ -251,7 +251,7 @@ func (f *flood) watch(c *bench.Client, onFrame func(p []byte)) *watcher {
 // floodWrite writes frame (one whole masked WebSocket frame of payload
 // bytes) back to back from the window's start until it stops. It returns
 // the write error, nil when the window ended.
-func (f *flood) floodWrite(c *bench.Client, frame []byte, payload int) error {
+func (f *flood) floodWrite(c *wsclient.Client, frame []byte, payload int) error {
 	select {
 	case <-f.startCh:
 	case <-f.stopCh:

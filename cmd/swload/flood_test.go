@@ -8,17 +8,20 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"switchboard/internal/relaytest"
+	"switchboard/loop"
 )
 
 // startRelayMetrics runs a Switchboard on a loopback port, with its
 // /metrics on a second one, for one test.
 func startRelayMetrics(t *testing.T) (addr, metricsURL string) {
-	srv, addr := startServer(t)
+	r := relaytest.Start(t, loop.Config{})
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		_ = srv.WriteMetrics(w)
+		_ = r.WriteMetrics(w)
 	}))
 	t.Cleanup(hs.Close)
-	return addr, hs.URL + "/metrics"
+	return r.Addr, hs.URL + "/metrics"
 }
 
 // TestFlood runs each scenario for about a second with small messages

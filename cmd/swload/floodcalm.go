@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"time"
 
-	"switchboard/bench"
+	"switchboard/internal/wsclient"
 )
 
 // The calm pair: one echoing binary and one phone that sends a small
@@ -14,7 +14,7 @@ import (
 
 // connectCalm connects the calm binary (an echo) and phone, with one
 // warm-up round trip; it returns the phone, or nil when that failed.
-func (f *flood) connectCalm() *bench.Client {
+func (f *flood) connectCalm() *wsclient.Client {
 	id := f.serverID("calm", 0)
 	b, err := f.dial(id, false)
 	if err != nil {
@@ -61,7 +61,7 @@ func (f *flood) connectCalm() *bench.Client {
 
 // runCalm sends a calm message every interval during the window, each
 // timed from its scheduled send time, and reads the echoes.
-func (f *flood) runCalm(p *bench.Client) {
+func (f *flood) runCalm(p *wsclient.Client) {
 	v := verifier{id: calmID, size: f.cfg.CalmSize}
 	w := f.watch(p, func(b []byte) {
 		now := f.since()

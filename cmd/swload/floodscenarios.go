@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"switchboard/bench"
+	"switchboard/internal/wsclient"
 )
 
 // The flooders and receivers of each --scenario: binaries flooding one
@@ -77,7 +77,7 @@ func (f *flood) setupBinaryFlooder(i int) bool {
 	inner = append(inner, padAlphabet[:innerLen-8]...)
 	inner = append(inner, `"}`...)
 	msg := append(append([]byte(head), inner...), '}')
-	frame := bench.AppendMaskedFrame(nil, 0x1, msg)
+	frame := wsclient.AppendMasked(nil, wsclient.OpText, msg)
 
 	pw := f.watch(p, func(b []byte) {
 		if !bytes.Equal(b, inner) {
@@ -182,9 +182,9 @@ func (f *flood) setupPhonesToBinary(ctx context.Context, deaf bool) (phones, bin
 // phoneFlooder floods from one phone slot; when the relay disconnects it
 // during the window, it dials again after a pause (bounded by the window
 // and maxRedials).
-func (f *flood) phoneFlooder(id int64, serverID string, p *bench.Client) {
+func (f *flood) phoneFlooder(id int64, serverID string, p *wsclient.Client) {
 	msg := appendPayload(nil, id, 1, f.cfg.Size)
-	frame := bench.AppendMaskedFrame(nil, 0x1, msg)
+	frame := wsclient.AppendMasked(nil, wsclient.OpText, msg)
 	for try := 0; ; try++ {
 		w := f.watch(p, nil)
 		f.trackFlooder(p, true)

@@ -4,7 +4,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"switchboard/bench"
+	"switchboard/internal/wsclient"
 )
 
 // Open loop (--mode active --rate R).
@@ -44,7 +44,7 @@ import (
 type openLoop struct {
 	e *engine
 	p *phone
-	c *bench.Client
+	c *wsclient.Client
 	w uint64 // the --inflight cap
 
 	// sched[seq % w] is the scheduled send time (since e.start) of seq. A
@@ -87,7 +87,7 @@ func slotTime(g int64, k uint64, n int, rate float64) time.Duration {
 }
 
 // pingFrame is the pacer's final message: a masked ping, no payload.
-var pingFrame = bench.AppendMaskedFrame(nil, 0x9, nil)
+var pingFrame = wsclient.AppendMasked(nil, wsclient.OpPing, nil)
 
 // runOpenLoop is the phone goroutine in open-loop mode: it starts the
 // pacer when the window opens, then reads, verifies and times replies.

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"switchboard/bench"
+	"switchboard/internal/wsclient"
 )
 
 func TestBucketLayout(t *testing.T) {
@@ -233,7 +233,7 @@ func (discardConn) Close() error                { return nil }
 // cap reached is skipped as late_send without touching the socket.
 func TestOpenLoopSend(t *testing.T) {
 	e := newEngine(Config{Mode: modeActive, Phones: 4, Inflight: 4, Size: 256, Rate: 100}, share{procs: 1})
-	p := &phone{e: e, c: &bench.Client{Conn: discardConn{}}, id: 3}
+	p := &phone{e: e, c: &wsclient.Client{Conn: discardConn{}}, id: 3}
 	o := newOpenLoop(e, p)
 	o.send(0, 0) // warm the client's write buffer
 	o.want.Store(o.next.Load())

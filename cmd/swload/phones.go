@@ -5,13 +5,13 @@ import (
 	"errors"
 	"time"
 
-	"switchboard/bench"
+	"switchboard/internal/wsclient"
 )
 
 // phone is one phone connection and its reusable buffers.
 type phone struct {
 	e   *engine
-	c   *bench.Client
+	c   *wsclient.Client
 	id  int64
 	out []byte
 	v   verifier
@@ -45,7 +45,7 @@ func (e *engine) connectPhone(serverID string, id int64) *phone {
 // failure's kind, or neither when the failure was an error (counted here).
 func (e *engine) tryPhone(serverID string, id int64) (*phone, string) {
 	t0 := time.Now()
-	c, err := bench.Dial(e.cfg.Addr, "/v1/client", e.headers(serverID, true, id), e.localAddr(), e.cfg.DialTimeout)
+	c, err := wsclient.Dial(e.cfg.Addr, wsclient.Options{Timeout: e.cfg.DialTimeout, Local: e.localAddr()}, wsclient.Request{Path: "/v1/client", Header: e.headers(serverID, true, id)})
 	if err != nil {
 		return nil, dialKind(err)
 	}
@@ -63,7 +63,7 @@ func (e *engine) tryPhone(serverID string, id int64) (*phone, string) {
 	if err != nil {
 		p.abort()
 		// A registry refusal (4404, 4429) arrives as a close frame here.
-		if errors.Is(err, bench.ErrClosed) {
+		if errors.Is(err, wsclient.ErrClosed) {
 			return nil, readKind(err, b)
 		}
 		return nil, "warmup_" + ioKind(err)
@@ -121,7 +121,7 @@ func (p *phone) finish(clean bool) {
 		if err == nil {
 			continue // a late frame or a pong; the window is over
 		}
-		if errors.Is(err, bench.ErrClosed) {
+		if errors.Is(err, wsclient.ErrClosed) {
 			// Wait for the relay's FIN so it closes first.
 			var one [1]byte
 			_, _ = p.c.Conn.Read(one[:])

@@ -7,38 +7,21 @@ import (
 	"encoding/json"
 	"net"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"switchboard/internal/relaytest"
 	"switchboard/loop"
 )
 
+// TestWorkerProcesses runs the built command; relaytest builds it and
+// removes it after.
+func TestMain(m *testing.M) { relaytest.Main(m) }
+
 // startRelay runs a Switchboard on a loopback port for one test.
 func startRelay(t *testing.T) string {
-	_, addr := startServer(t)
-	return addr
-}
-
-// startServer is startRelay that also returns the relay.
-func startServer(t *testing.T) (*loop.Server, string) {
-	t.Helper()
-	srv, err := loop.New(loop.Config{})
-	if err != nil {
-		t.Fatalf("loop.New: %v", err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	})
-	return srv, ln.Addr().String()
+	return relaytest.Start(t, loop.Config{}).Addr
 }
 
 // summaryOf finds and decodes the SWLOAD_RESULT line.
@@ -236,10 +219,7 @@ func TestWorkerProcesses(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	addr := startRelay(t)
-	bin := filepath.Join(t.TempDir(), "swload")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := relaytest.Build(t, "switchboard/cmd/swload")
 	for _, tc := range []struct {
 		mode string
 		args []string
