@@ -167,6 +167,15 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	return c
 }
 
+// socketFD is the descriptor under nc, or false where netpoll gives none.
+func socketFD(nc netpoll.Connection) (int, bool) {
+	fc, ok := nc.(interface{ Fd() int })
+	if !ok {
+		return 0, false
+	}
+	return fc.Fd(), true
+}
+
 func (s *Server) logClose(c *conn, why CloseReason, code uint16) {
 	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
