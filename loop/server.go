@@ -18,6 +18,7 @@ import (
 
 	"github.com/cloudwego/netpoll"
 
+	"switchboard/loop/taskpool"
 	"switchboard/registry"
 )
 
@@ -54,14 +55,14 @@ func init() {
 }
 
 // runTask hands each netpoll read task to its Server's read workers
-// (tasks.go). netpoll's default pool ends a worker as soon as its queue is
+// (taskpool). netpoll's default pool ends a worker as soon as its queue is
 // empty, so under Switchboard's short tasks it spawned a worker per event
 // anyway, plus an allocation for the worker's closure. Running tasks inline
 // on the poller was measured too: ~40% fewer round trips per second on two
 // cores, as one poller then does all the parsing and routing.
 func runTask(ctx context.Context, task func()) {
 	if c, ok := ctx.(*conn); ok {
-		c.srv.tasks.run(task)
+		c.srv.tasks.Run(task)
 		return
 	}
 	go task()
@@ -81,7 +82,7 @@ type Server struct {
 	evl          netpoll.EventLoop
 	limiter      *ratelimit.Limiter[[16]byte] // per source IP; nil when the rate limit is off
 	wheel        *wheel
-	tasks        *readTasks
+	tasks        *taskpool.Pool
 	pauser       readPauser
 	ready        *readyPoller // paused sockets waiting for input (readypoll.go)
 	budget       *memoryBudget
@@ -119,12 +120,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.budget = newMemoryBudget(cfg.MemoryBudgetBytes, &s.counters)
-	s.tasks = newReadTasks(cfg.ReadWorkers, cfg.ReadQueueDepth, cfg.ReadStallAfter)
+	s.tasks = taskpool.New(cfg.ReadWorkers, cfg.ReadQueueDepth, cfg.ReadStallAfter)
 	// No netpoll write timeout: the writers never use netpoll's output
 	// buffer (outbox.go) and bound their own waits.
 	evl, err := netpoll.NewEventLoop(s.onRequest, netpoll.WithOnPrepare(s.onPrepare))
 	if err != nil {
-		s.tasks.stop(0)
+		s.tasks.Stop(0)
 		s.ready.stop()
 		return nil, err
 	}

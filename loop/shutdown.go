@@ -61,7 +61,7 @@ func (s *Server) stop() error {
 	err := s.evl.Shutdown(ctx)
 	s.ready.closeAll()
 	s.wheel.close()
-	if !s.tasks.stop(readWorkersPatience) {
+	if !s.tasks.Stop(readWorkersPatience) {
 		s.log.Error("read workers still busy after shutdown", "after", readWorkersPatience)
 	}
 	s.ready.stop()
