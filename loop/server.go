@@ -19,6 +19,7 @@ import (
 	"github.com/cloudwego/netpoll"
 
 	"switchboard/loop/taskpool"
+	"switchboard/loop/wheel"
 	"switchboard/registry"
 )
 
@@ -81,7 +82,7 @@ type Server struct {
 	tooBigReason string
 	evl          netpoll.EventLoop
 	limiter      *ratelimit.Limiter[[16]byte] // per source IP; nil when the rate limit is off
-	wheel        *wheel
+	wheel        *wheel.Wheel[*conn]
 	tasks        *taskpool.Pool
 	pauser       readPauser
 	ready        *readyPoller // paused sockets waiting for input (readypoll.go)
@@ -130,9 +131,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.evl = evl
-	s.wheel = newWheel(wheelTick(cfg.HeartbeatInterval, cfg.PongTimeout, cfg.HandshakeTimeout,
+	s.wheel = wheel.New[*conn](wheel.Tick(cfg.HeartbeatInterval, cfg.PongTimeout, cfg.HandshakeTimeout,
 		cfg.MessageReadTimeout, cfg.GracePeriod, cfg.TakeoverTimeout, cfg.CloseLinger, cfg.BinaryMaxLifetime))
-	go s.wheel.run()
+	go s.wheel.Run()
 	return s, nil
 }
 

@@ -60,7 +60,7 @@ func (s *Server) stop() error {
 	defer cancel()
 	err := s.evl.Shutdown(ctx)
 	s.ready.closeAll()
-	s.wheel.close()
+	s.wheel.Close()
 	if !s.tasks.Stop(readWorkersPatience) {
 		s.log.Error("read workers still busy after shutdown", "after", readWorkersPatience)
 	}
