@@ -24,7 +24,7 @@ import (
 )
 
 // Idle connections are most of the relay's memory. netpoll's defaults give
-// each one an 8 KiB input node and a 4 KiB output node; 512-byte nodes
+// each one an 8 KiB input node and a 4 KiB output node; 256-byte nodes
 // bring an idle connection to ~4 KB. Larger messages grow
 // the nodes on demand.
 const netpollNodeSize = 256
