@@ -27,7 +27,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzValid$$' -fuzztime=$(FUZZTIME) ./envelope/
 	$(GO) test -run='^$$' -fuzz='^FuzzScan$$' -fuzztime=$(FUZZTIME) ./envelope/
 	$(GO) test -run='^$$' -fuzz='^FuzzBuildScanRoundTrip$$' -fuzztime=$(FUZZTIME) ./envelope/
-	$(GO) test -run='^$$' -fuzz='^FuzzParseProxyV2$$' -fuzztime=$(FUZZTIME) ./loop/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseProxyV2$$' -fuzztime=$(FUZZTIME) ./loop/proxyproto/
 
 ## bench: every benchmark, as operators run it
 bench:

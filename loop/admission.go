@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/netip"
 
+	"switchboard/loop/proxyproto"
 	"switchboard/wsframe"
 )
 
@@ -28,7 +29,7 @@ import (
 // its length, or 0 when more bytes are needed or the header was refused
 // (readDone is then set and the socket closed).
 func (c *conn) proxyHeader(data []byte) int {
-	src, n, err := parseProxyV2(data)
+	src, n, err := proxyproto.ParseV2(data)
 	if err != nil {
 		c.readDone = true
 		c.srv.counters.Rejects[RejectBadProxyHeader].Add(1)

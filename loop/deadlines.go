@@ -11,9 +11,12 @@ import (
 	"switchboard/wsframe"
 )
 
-// deadlines are a connection's pending timer events, each a wheel time
-// (see wheel.at) or 0 when unset. Any goroutine may set one with
-// setDeadline; the wheel acts on them in onTimer.
+// deadlines are a connection's eight pending timer events (request head,
+// message, ping, pong, takeover probe, close linger, grace window, binary
+// lifetime), each a wheel time (see wheel.Wheel.At) or 0 when unset. Any
+// goroutine may set one with setDeadline. The connection keeps one booking
+// on the wheel, at the earliest of them (timerAt); when it fires, onTimer
+// acts on every deadline that has passed and books the next.
 type deadlines struct {
 	timerAt   atomic.Int64 // what the wheel has booked for this connection
 	headDue   atomic.Int64 // request head must be complete
@@ -30,10 +33,14 @@ type deadlines struct {
 
 func (c *conn) setDeadline(d *atomic.Int64, at int64) {
 	d.Store(at)
-	c.srv.wheel.book(c, at)
+	c.srv.wheel.Book(c, at)
 }
 
-func (c *conn) wheelNow() int64 { return c.srv.wheel.at(time.Now()) }
+func (c *conn) wheelNow() int64 { return c.srv.wheel.At(time.Now()) }
+
+// TimerAt and OnTimer make a connection a wheel.Entry.
+func (c *conn) TimerAt() *atomic.Int64 { return &c.timerAt }
+func (c *conn) OnTimer(now int64)      { c.onTimer(now) }
 
 // onTimer runs on the wheel goroutine when the earliest booked deadline is
 // due. It acts on every deadline that has passed and books the next.
@@ -59,7 +66,7 @@ func (c *conn) onTimer(now int64) {
 	}
 	if c.gone.Load() {
 		if next != 0 {
-			c.srv.wheel.book(c, next)
+			c.srv.wheel.Book(c, next)
 		}
 		return
 	}
@@ -105,7 +112,7 @@ func (c *conn) onTimer(now int64) {
 		next = min(nonZero(next, c.pongDue.Load()), c.pingDue.Load())
 	}
 	if next != 0 {
-		c.srv.wheel.book(c, next)
+		c.srv.wheel.Book(c, next)
 	}
 }
 

@@ -78,7 +78,7 @@ func lifetimeWindow(t *testing.T, what string, c closedAt, before, after time.Ti
 func TestBinaryLifetimeClosesWith1012AndBinaryReclaims(t *testing.T) {
 	const (
 		lt    = 300 * time.Millisecond
-		tick  = lt / 10 // wheelTick: a tenth of the shortest deadline
+		tick  = lt / 10 // wheel.Tick: a tenth of the shortest deadline
 		pairs = 8
 	)
 	r := startRelay(t, loop.Config{BinaryMaxLifetime: lt, GracePeriod: 10 * time.Second})

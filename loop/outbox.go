@@ -7,6 +7,8 @@ import (
 	"syscall"
 
 	"github.com/valyala/bytebufferpool"
+
+	"switchboard/loop/writev"
 )
 
 // outbox is a connection's bounded outbound queue. Any goroutine may push;
@@ -221,11 +223,19 @@ func (o *outbox) drain() {
 	}
 }
 
+// Writers send straight to the socket and never use netpoll's output
+// buffer. Why: netpoll's buffer keeps its last node for the connection's
+// life (512 B once a 260-byte frame has passed through it, a ninth of an
+// idle connection's memory), copying every frame into it is pure overhead
+// while the socket has room, which is nearly always, and what it holds is
+// discarded when a read pause takes the socket out of netpoll (pause.go).
+//
+// A direct write must happen under the outbox's wmu with wclosed false: the
+// close callback sets wclosed under wmu before netpoll closes the
+// descriptor, whose number may then belong to a new connection.
+
 // write sends batch with writev straight to the socket; when the socket is
-// full it waits for room (waitwrite.go), up to WriteTimeout. netpoll's own
-// output buffer is never used: what it holds is lost when a read pause
-// takes the socket out of netpoll (pause.go), and copying into it was pure
-// overhead while the socket has room, which is nearly always. On an error,
+// full it waits for room (waitwrite.go), up to WriteTimeout. On an error,
 // unsent is how many frames of batch were not written whole.
 func (o *outbox) write(batch []*bytebufferpool.ByteBuffer) (cost, unsent int, err error) {
 	cost = batchCost(batch)
@@ -234,7 +244,7 @@ func (o *outbox) write(batch []*bytebufferpool.ByteBuffer) (cost, unsent int, er
 		o.wmu.Unlock()
 		return cost, len(batch), errOutboxClosed
 	}
-	rest, skip, err := writevNonblocking(int(o.c.fd), batch, 0)
+	rest, skip, err := writev.Nonblocking(int(o.c.fd), batch, 0)
 	o.wmu.Unlock()
 	if err != nil || len(rest) == 0 {
 		return cost, len(rest), err
@@ -266,7 +276,7 @@ func (o *outbox) writeFinalNow(b *bytebufferpool.ByteBuffer) bool {
 	n, err := 0, error(errOutboxClosed)
 	o.wmu.Lock()
 	if !o.wclosed {
-		n, err = writeOneNonblocking(int(o.c.fd), b)
+		n, err = writev.One(int(o.c.fd), b)
 	}
 	o.wmu.Unlock()
 	o.mu.Lock()

@@ -99,7 +99,7 @@ func (c *conn) shouldPause(held, done int) PauseReason {
 		return PauseInputFull
 	case c.srv.budget.overHigh():
 		return PauseBudget
-	case done >= yieldAfter && c.srv.tasks.queued() > 0:
+	case done >= yieldAfter && c.srv.tasks.Queued() > 0:
 		return PauseYield
 	}
 	return pauseNone
@@ -149,7 +149,7 @@ const minReceiveBuffer = 64 << 10
 
 // queueStep queues one turn of a paused connection on the read workers.
 func (c *conn) queueStep() {
-	c.srv.tasks.runLater(func() {
+	c.srv.tasks.RunLater(func() {
 		if c.pausedStep() {
 			c.queueStep()
 		}

@@ -17,11 +17,13 @@ import (
 
 	"github.com/cloudwego/netpoll"
 
+	"switchboard/loop/taskpool"
+	"switchboard/loop/wheel"
 	"switchboard/registry"
 )
 
 // Idle connections are most of the relay's memory. netpoll's defaults give
-// each one an 8 KiB input node and a 4 KiB output node; 512-byte nodes
+// each one an 8 KiB input node and a 4 KiB output node; 256-byte nodes
 // bring an idle connection to ~4 KB. Larger messages grow
 // the nodes on demand.
 const netpollNodeSize = 256
@@ -53,14 +55,14 @@ func init() {
 }
 
 // runTask hands each netpoll read task to its Server's read workers
-// (tasks.go). netpoll's default pool ends a worker as soon as its queue is
+// (taskpool). netpoll's default pool ends a worker as soon as its queue is
 // empty, so under Switchboard's short tasks it spawned a worker per event
 // anyway, plus an allocation for the worker's closure. Running tasks inline
 // on the poller was measured too: ~40% fewer round trips per second on two
 // cores, as one poller then does all the parsing and routing.
 func runTask(ctx context.Context, task func()) {
 	if c, ok := ctx.(*conn); ok {
-		c.srv.tasks.run(task)
+		c.srv.tasks.Run(task)
 		return
 	}
 	go task()
@@ -79,8 +81,8 @@ type Server struct {
 	tooBigReason string
 	evl          netpoll.EventLoop
 	limiter      *ratelimit.Limiter[[16]byte] // per source IP; nil when the rate limit is off
-	wheel        *wheel
-	tasks        *readTasks
+	wheel        *wheel.Wheel[*conn]
+	tasks        *taskpool.Pool
 	pauser       readPauser
 	ready        *readyPoller // paused sockets waiting for input (readypoll.go)
 	budget       *memoryBudget
@@ -118,19 +120,19 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.budget = newMemoryBudget(cfg.MemoryBudgetBytes, &s.counters)
-	s.tasks = newReadTasks(cfg.ReadWorkers, cfg.ReadQueueDepth, cfg.ReadStallAfter)
+	s.tasks = taskpool.New(cfg.ReadWorkers, cfg.ReadQueueDepth, cfg.ReadStallAfter)
 	// No netpoll write timeout: the writers never use netpoll's output
 	// buffer (outbox.go) and bound their own waits.
 	evl, err := netpoll.NewEventLoop(s.onRequest, netpoll.WithOnPrepare(s.onPrepare))
 	if err != nil {
-		s.tasks.stop(0)
+		s.tasks.Stop(0)
 		s.ready.stop()
 		return nil, err
 	}
 	s.evl = evl
-	s.wheel = newWheel(wheelTick(cfg.HeartbeatInterval, cfg.PongTimeout, cfg.HandshakeTimeout,
+	s.wheel = wheel.New[*conn](wheel.Tick(cfg.HeartbeatInterval, cfg.PongTimeout, cfg.HandshakeTimeout,
 		cfg.MessageReadTimeout, cfg.GracePeriod, cfg.TakeoverTimeout, cfg.CloseLinger, cfg.BinaryMaxLifetime))
-	go s.wheel.run()
+	go s.wheel.Run()
 	return s, nil
 }
 
@@ -164,6 +166,15 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	_ = nc.AddCloseCallback(c.onClosed)
 	c.setDeadline(&c.headDue, c.wheelNow()+int64(s.cfg.HandshakeTimeout))
 	return c
+}
+
+// socketFD is the descriptor under nc, or false where netpoll gives none.
+func socketFD(nc netpoll.Connection) (int, bool) {
+	fc, ok := nc.(interface{ Fd() int })
+	if !ok {
+		return 0, false
+	}
+	return fc.Fd(), true
 }
 
 func (s *Server) logClose(c *conn, why CloseReason, code uint16) {

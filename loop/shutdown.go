@@ -60,8 +60,8 @@ func (s *Server) stop() error {
 	defer cancel()
 	err := s.evl.Shutdown(ctx)
 	s.ready.closeAll()
-	s.wheel.close()
-	if !s.tasks.stop(readWorkersPatience) {
+	s.wheel.Close()
+	if !s.tasks.Stop(readWorkersPatience) {
 		s.log.Error("read workers still busy after shutdown", "after", readWorkersPatience)
 	}
 	s.ready.stop()

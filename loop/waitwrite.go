@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/valyala/bytebufferpool"
+
+	"switchboard/loop/writev"
 )
 
 // A writer whose socket is full waits for room on a duplicate of the
@@ -69,7 +71,7 @@ func (o *outbox) writeWaiting(rest []*bytebufferpool.ByteBuffer, skip int) (unse
 	}
 	var werr error
 	err = rc.Write(func(fd uintptr) bool {
-		rest, skip, werr = writevNonblocking(int(fd), rest, skip)
+		rest, skip, werr = writev.Nonblocking(int(fd), rest, skip)
 		return werr != nil || len(rest) == 0
 	})
 	if werr != nil {

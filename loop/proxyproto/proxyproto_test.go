@@ -1,4 +1,4 @@
-package loop
+package proxyproto
 
 import (
 	"encoding/binary"
@@ -50,7 +50,7 @@ func TestParseProxyV2Valid(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			in := append(append([]byte(nil), tc.in...), "GET / HTTP/1.1\r\n"...) // what follows is not consumed
-			src, n, err := parseProxyV2(in)
+			src, n, err := ParseV2(in)
 			if err != nil || n != len(tc.in) {
 				t.Fatalf("n=%d err=%v, want n=%d", n, err, len(tc.in))
 			}
@@ -63,7 +63,7 @@ func TestParseProxyV2Valid(t *testing.T) {
 			}
 			// Every strict prefix asks for more.
 			for k := 0; k < len(tc.in); k++ {
-				if _, n, err := parseProxyV2(tc.in[:k]); n != 0 || err != nil {
+				if _, n, err := ParseV2(tc.in[:k]); n != 0 || err != nil {
 					t.Fatalf("prefix %d: n=%d err=%v, want need-more", k, n, err)
 				}
 			}
@@ -88,31 +88,31 @@ func TestParseProxyV2Malformed(t *testing.T) {
 		in   []byte
 		want error
 	}{
-		{"http request", []byte("GET /v1/client HTTP/1.1\r\n\r\n"), errProxySignature},
-		{"first byte", []byte("G"), errProxySignature},
-		{"proxy v1 text", []byte("PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n"), errProxySignature},
-		{"signature last byte", with(11, 'X'), errProxySignature},
-		{"signature middle", with(4, 0x01)[:6], errProxySignature},
-		{"version 1", with(12, 0x11), errProxyVersion},
-		{"version 3", with(12, 0x31), errProxyVersion},
-		{"version 0", with(12, 0x01), errProxyVersion},
-		{"command 2", with(12, 0x22), errProxyCommand},
-		{"command 15", with(12, 0x2f), errProxyCommand},
-		{"family unix", with(13, 0x31), errProxyFamily},
-		{"family udp4", with(13, 0x12), errProxyFamily},
-		{"family udp6", with(13, 0x22), errProxyFamily},
-		{"family inet no transport", with(13, 0x10), errProxyFamily},
-		{"family 4", with(13, 0x41), errProxyFamily},
-		{"tcp4 length 11", withLen(11), errProxyTooShort},
-		{"tcp4 length 0", withLen(0), errProxyTooShort},
-		{"tcp6 length 35", proxyV2(0x21, proxyTCP6, make([]byte, 35)), errProxyTooShort},
-		{"length one over the cap", withLen(maxProxyHeader - 16 + 1), errProxyTooLong},
-		{"length max", withLen(0xffff), errProxyTooLong},
-		{"local length over the cap", proxyV2(0x20, proxyUnspec, make([]byte, maxProxyHeader-16+1)), errProxyTooLong},
+		{"http request", []byte("GET /v1/client HTTP/1.1\r\n\r\n"), ErrSignature},
+		{"first byte", []byte("G"), ErrSignature},
+		{"proxy v1 text", []byte("PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n"), ErrSignature},
+		{"signature last byte", with(11, 'X'), ErrSignature},
+		{"signature middle", with(4, 0x01)[:6], ErrSignature},
+		{"version 1", with(12, 0x11), ErrVersion},
+		{"version 3", with(12, 0x31), ErrVersion},
+		{"version 0", with(12, 0x01), ErrVersion},
+		{"command 2", with(12, 0x22), ErrCommand},
+		{"command 15", with(12, 0x2f), ErrCommand},
+		{"family unix", with(13, 0x31), ErrFamily},
+		{"family udp4", with(13, 0x12), ErrFamily},
+		{"family udp6", with(13, 0x22), ErrFamily},
+		{"family inet no transport", with(13, 0x10), ErrFamily},
+		{"family 4", with(13, 0x41), ErrFamily},
+		{"tcp4 length 11", withLen(11), ErrTooShort},
+		{"tcp4 length 0", withLen(0), ErrTooShort},
+		{"tcp6 length 35", proxyV2(0x21, proxyTCP6, make([]byte, 35)), ErrTooShort},
+		{"length one over the cap", withLen(maxProxyHeader - 16 + 1), ErrTooLong},
+		{"length max", withLen(0xffff), ErrTooLong},
+		{"local length over the cap", proxyV2(0x20, proxyUnspec, make([]byte, maxProxyHeader-16+1)), ErrTooLong},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, n, err := parseProxyV2(tc.in)
+			_, n, err := ParseV2(tc.in)
 			if !errors.Is(err, tc.want) || n != 0 {
 				t.Fatalf("n=%d err=%v, want %v", n, err, tc.want)
 			}
@@ -120,17 +120,17 @@ func TestParseProxyV2Malformed(t *testing.T) {
 	}
 	// A bad byte is refused as soon as it is there, without waiting for the
 	// rest of the header.
-	if _, _, err := parseProxyV2(with(13, 0x31)[:14]); !errors.Is(err, errProxyFamily) {
+	if _, _, err := ParseV2(with(13, 0x31)[:14]); !errors.Is(err, ErrFamily) {
 		t.Fatalf("bad family in a 14-byte prefix: %v", err)
 	}
-	if _, _, err := parseProxyV2(withLen(0xffff)[:16]); !errors.Is(err, errProxyTooLong) {
+	if _, _, err := ParseV2(withLen(0xffff)[:16]); !errors.Is(err, ErrTooLong) {
 		t.Fatalf("bad length in a 16-byte prefix: %v", err)
 	}
 }
 
 func TestParseProxyV2Allocs(t *testing.T) {
 	in := proxyV2(0x21, proxyTCP6, tcp6Body("2001:db8::42", "2001:db8::1", 1, 2))
-	if a := testing.AllocsPerRun(100, func() { _, _, _ = parseProxyV2(in) }); a != 0 {
+	if a := testing.AllocsPerRun(100, func() { _, _, _ = ParseV2(in) }); a != 0 {
 		t.Fatalf("%v allocations per parse", a)
 	}
 }
@@ -145,14 +145,14 @@ func FuzzParseProxyV2(f *testing.F) {
 	f.Add(proxyV2(0x20, proxyUnspec, nil))
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		src, n, err := parseProxyV2(b)
+		src, n, err := ParseV2(b)
 		switch {
 		case err != nil:
 			if n != 0 || src.IsValid() {
 				t.Fatalf("error with n=%d src=%v", n, src)
 			}
 			// More bytes cannot make it good.
-			if _, n2, err2 := parseProxyV2(append(append([]byte(nil), b...), 0, 0, 0, 0)); err2 == nil || n2 != 0 {
+			if _, n2, err2 := ParseV2(append(append([]byte(nil), b...), 0, 0, 0, 0)); err2 == nil || n2 != 0 {
 				t.Fatalf("refused %q, accepted when extended: n=%d", b, n2)
 			}
 		case n == 0:
@@ -166,12 +166,12 @@ func FuzzParseProxyV2(f *testing.F) {
 			if src.IsValid() && src.Zone() != "" {
 				t.Fatalf("src with a zone: %v", src)
 			}
-			src2, n2, err2 := parseProxyV2(b[:n])
+			src2, n2, err2 := ParseV2(b[:n])
 			if err2 != nil || n2 != n || src2 != src {
 				t.Fatalf("header alone: n=%d src=%v err=%v, want n=%d src=%v", n2, src2, err2, n, src)
 			}
 			for k := 0; k < n; k++ {
-				if _, nk, errk := parseProxyV2(b[:k]); nk != 0 || errk != nil {
+				if _, nk, errk := ParseV2(b[:k]); nk != 0 || errk != nil {
 					t.Fatalf("prefix %d of an accepted header: n=%d err=%v", k, nk, errk)
 				}
 			}

@@ -1,15 +1,8 @@
-package loop
-
-import (
-	"encoding/binary"
-	"errors"
-	"net/netip"
-)
-
-// PROXY protocol v2 (haproxy's proxy-protocol.txt, section 2.2): a load
-// balancer in front of the relay prefixes every connection with a binary
-// header naming the client it accepted. Only v2 is spoken; the text v1 form
-// is refused like any other bad header.
+// Package proxyproto parses the PROXY protocol v2 header (haproxy's PROXY
+// protocol specification, section 2.2): a load balancer in front of the
+// relay prefixes every connection with a binary header naming the client it
+// accepted. Only v2 is spoken; the text v1 form is refused like any other
+// bad header.
 //
 //	offset 0   12-byte signature \r\n\r\n\x00\r\nQUIT\n
 //	offset 12  version (high nibble, must be 2) | command (low: 0 LOCAL, 1 PROXY)
@@ -17,6 +10,14 @@ import (
 //	offset 14  big-endian length of what follows: addresses, then TLVs
 //	offset 16  TCP4: src 4, dst 4, src port 2, dst port 2 (12 bytes)
 //	           TCP6: src 16, dst 16, src port 2, dst port 2 (36 bytes)
+package proxyproto
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+)
+
 const (
 	proxySigLen    = 12
 	proxyFixedLen  = 16  // signature + version/command + family + length
@@ -32,37 +33,39 @@ const (
 
 var proxySig = [proxySigLen]byte{'\r', '\n', '\r', '\n', 0x00, '\r', '\n', 'Q', 'U', 'I', 'T', '\n'}
 
+// The errors ParseV2 refuses a header with, one per check; a header is
+// judged by the first check its bytes fail.
 var (
-	errProxySignature = errors.New("proxy: not a PROXY protocol v2 signature")
-	errProxyVersion   = errors.New("proxy: version is not 2")
-	errProxyCommand   = errors.New("proxy: unknown command")
-	errProxyFamily    = errors.New("proxy: family is not TCP over IPv4 or IPv6")
-	errProxyTooLong   = errors.New("proxy: header longer than 536 bytes")
-	errProxyTooShort  = errors.New("proxy: length too short for the address family")
+	ErrSignature = errors.New("proxy: not a PROXY protocol v2 signature")
+	ErrVersion   = errors.New("proxy: version is not 2")
+	ErrCommand   = errors.New("proxy: unknown command")
+	ErrFamily    = errors.New("proxy: family is not TCP over IPv4 or IPv6")
+	ErrTooLong   = errors.New("proxy: header longer than 536 bytes")
+	ErrTooShort  = errors.New("proxy: length too short for the address family")
 )
 
-// parseProxyV2 parses the PROXY v2 header at the start of b. It returns the
+// ParseV2 parses the PROXY v2 header at the start of b. It returns the
 // header's length n and the source address it names, or n == 0 and no error
 // when b is a valid prefix that needs more bytes. src is the zero Addr when
 // the header says to use the socket's own address (the LOCAL command, or
 // PROXY with the UNSPEC family). Every check is made as soon as the bytes it
 // needs are present: a connection that does not start with the signature is
 // refused on its first byte.
-func parseProxyV2(b []byte) (src netip.Addr, n int, err error) {
+func ParseV2(b []byte) (src netip.Addr, n int, err error) {
 	sig := min(len(b), proxySigLen)
 	if string(b[:sig]) != string(proxySig[:sig]) {
-		return netip.Addr{}, 0, errProxySignature
+		return netip.Addr{}, 0, ErrSignature
 	}
 	if len(b) <= proxySigLen {
 		return netip.Addr{}, 0, nil
 	}
 	verCmd := b[12]
 	if verCmd>>4 != 2 {
-		return netip.Addr{}, 0, errProxyVersion
+		return netip.Addr{}, 0, ErrVersion
 	}
 	cmd := verCmd & 0x0f
 	if cmd != proxyCmdLocal && cmd != proxyCmdProxy {
-		return netip.Addr{}, 0, errProxyCommand
+		return netip.Addr{}, 0, ErrCommand
 	}
 	if len(b) < 14 {
 		return netip.Addr{}, 0, nil
@@ -77,7 +80,7 @@ func parseProxyV2(b []byte) (src netip.Addr, n int, err error) {
 		case proxyTCP6:
 			need = 36
 		default:
-			return netip.Addr{}, 0, errProxyFamily
+			return netip.Addr{}, 0, ErrFamily
 		}
 	} // LOCAL: the family and any addresses are ignored (spec 2.2)
 	if len(b) < proxyFixedLen {
@@ -85,10 +88,10 @@ func parseProxyV2(b []byte) (src netip.Addr, n int, err error) {
 	}
 	total := proxyFixedLen + int(binary.BigEndian.Uint16(b[14:16]))
 	if total > maxProxyHeader {
-		return netip.Addr{}, 0, errProxyTooLong
+		return netip.Addr{}, 0, ErrTooLong
 	}
 	if total-proxyFixedLen < need {
-		return netip.Addr{}, 0, errProxyTooShort
+		return netip.Addr{}, 0, ErrTooShort
 	}
 	if len(b) < total {
 		return netip.Addr{}, 0, nil

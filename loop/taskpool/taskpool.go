@@ -1,14 +1,5 @@
-package loop
-
-import (
-	"runtime"
-	"sync"
-	"sync/atomic"
-	"time"
-)
-
-// readTasks runs one Server's netpoll read tasks on a few long-lived
-// workers fed by a bounded queue.
+// Package taskpool runs the relay's netpoll read tasks on a few
+// long-lived workers fed by a bounded queue; each Server has one Pool.
 //
 // Why not a goroutine per read event: a fresh goroutine starts on a 2 KiB
 // stack and a phone's read task (netpoll → consume → frame → Valid) needs a
@@ -36,9 +27,20 @@ import (
 //     time-slices fairly. The watchdog is a timer armed only while tasks
 //     wait in the queue (a task handed straight to an idle worker does not
 //     arm it), so an idle or lightly loaded relay never wakes for it.
-type readTasks struct {
+package taskpool
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Pool is one Server's read workers and their queues. Its methods are safe
+// for concurrent use.
+type Pool struct {
 	queue chan func()
-	// later holds the turns of paused connections (pause.go), which are
+	// later holds the turns of paused connections (RunLater), which are
 	// the ones that sent the most: workers take them only when queue is
 	// empty, or one in laterEvery, so a light connection's task never waits
 	// behind a flood, and the tasks of connections not yet paused start
@@ -54,20 +56,23 @@ type readTasks struct {
 	watchdog *time.Timer // runs watch; armed while tasks wait in the queue
 	armed    atomic.Bool
 
-	// stop closes queue once no run call can still be sending to it:
-	// run announces itself in sending before it looks at stopped.
+	// Stop closes queue once no Run or RunLater call can still be sending to it:
+	// send announces itself in sending before it looks at stopped.
 	sending atomic.Int32
 	stopped atomic.Bool
 	workers sync.WaitGroup
 }
 
-func newReadTasks(workers, depth int, stallAfter time.Duration) *readTasks {
-	return newReadTasksClock(workers, depth, stallAfter, func() int64 { return time.Now().UnixNano() })
+// New starts workers workers, with room for depth tasks in each queue, and
+// a watchdog that rescues the queue once no worker has taken a task for
+// stallAfter while tasks wait.
+func New(workers, depth int, stallAfter time.Duration) *Pool {
+	return newClock(workers, depth, stallAfter, func() int64 { return time.Now().UnixNano() })
 }
 
-// newReadTasksClock is newReadTasks on the clock now (tests step it).
-func newReadTasksClock(workers, depth int, stallAfter time.Duration, now func() int64) *readTasks {
-	t := &readTasks{
+// newClock is New on the clock now (tests step it).
+func newClock(workers, depth int, stallAfter time.Duration, now func() int64) *Pool {
+	t := &Pool{
 		queue:      make(chan func(), depth),
 		later:      make(chan func(), depth),
 		stallAfter: int64(stallAfter),
@@ -83,7 +88,7 @@ func newReadTasksClock(workers, depth int, stallAfter time.Duration, now func() 
 	return t
 }
 
-func (t *readTasks) work() {
+func (t *Pool) work() {
 	defer t.workers.Done()
 	for n := 0; ; n++ {
 		var task func()
@@ -120,10 +125,10 @@ func (t *readTasks) work() {
 	}
 }
 
-// finish runs what is left in both queues once stop has closed them: a
+// finish runs what is left in both queues once Stop has closed them: a
 // worker sees one closed while the other may still hold tasks (the close
-// requests Server.stop queues for paused connections among them).
-func (t *readTasks) finish() {
+// requests the relay's shutdown queues for paused connections among them).
+func (t *Pool) finish() {
 	for task := range t.queue {
 		task()
 	}
@@ -136,18 +141,18 @@ func (t *readTasks) finish() {
 // light tasks keep every worker busy: one task in laterEvery may be theirs.
 const laterEvery = 8
 
-// runLater queues a paused connection's turn behind every waiting task (see
+// RunLater queues a paused connection's turn behind every waiting task (see
 // later), or starts it on a goroutine of its own when that queue is full or
-// the server has stopped. It never blocks.
-func (t *readTasks) runLater(task func()) {
+// the pool has stopped. It never blocks.
+func (t *Pool) RunLater(task func()) {
 	if !t.send(t.later, task) {
 		go task()
 	}
 }
 
-// run queues task for a worker, or starts it on a goroutine of its own when
-// the queue is full or the server has stopped. It never blocks.
-func (t *readTasks) run(task func()) {
+// Run queues task for a worker, or starts it on a goroutine of its own when
+// the queue is full or the pool has stopped. It never blocks.
+func (t *Pool) Run(task func()) {
 	if !t.send(t.queue, task) {
 		go task()
 		return
@@ -160,9 +165,9 @@ func (t *readTasks) run(task func()) {
 	}
 }
 
-// send puts task on q unless q is full (counted as spilled) or the server
-// has stopped; stop closes q only once no send is in progress.
-func (t *readTasks) send(q chan func(), task func()) bool {
+// send puts task on q unless q is full (counted as spilled) or the pool
+// has stopped; Stop closes q only once no send is in progress.
+func (t *Pool) send(q chan func(), task func()) bool {
 	t.sending.Add(1)
 	defer t.sending.Add(-1)
 	if t.stopped.Load() {
@@ -178,7 +183,7 @@ func (t *readTasks) send(q chan func(), task func()) bool {
 }
 
 // arm makes sure the watchdog will look at the queue within stallAfter.
-func (t *readTasks) arm() {
+func (t *Pool) arm() {
 	// Load first: under load nearly every enqueue finds it armed, and a
 	// failed CompareAndSwap still takes the cache line exclusively.
 	if !t.armed.Load() && t.armed.CompareAndSwap(false, true) {
@@ -188,7 +193,7 @@ func (t *readTasks) arm() {
 
 // watch runs on the watchdog timer: it starts a rescuer if the workers are
 // stalled, and looks again later while tasks wait.
-func (t *readTasks) watch() {
+func (t *Pool) watch() {
 	t.armed.Store(false)
 	if t.stopped.Load() || len(t.queue) == 0 {
 		return
@@ -205,12 +210,12 @@ func (t *readTasks) watch() {
 
 // stalled reports whether queued tasks are stuck behind workers that are
 // all busy with long tasks.
-func (t *readTasks) stalled() bool {
+func (t *Pool) stalled() bool {
 	return len(t.queue) > 0 && t.idle.Load() == 0 && t.now()-t.lastTake.Load() > t.stallAfter
 }
 
 // rescue takes queued tasks until the queue is empty.
-func (t *readTasks) rescue() {
+func (t *Pool) rescue() {
 	for {
 		select {
 		case task, ok := <-t.queue:
@@ -225,13 +230,20 @@ func (t *readTasks) rescue() {
 	}
 }
 
-// queued is the number of tasks waiting for a worker.
-func (t *readTasks) queued() int { return len(t.queue) }
+// Queued is the number of tasks waiting for a worker.
+func (t *Pool) Queued() int { return len(t.queue) }
 
-// stop lets the workers finish what is queued and exit, waiting at most
+// Spilled is how many tasks found their queue full and ran on a goroutine
+// of their own.
+func (t *Pool) Spilled() uint64 { return t.spilled.Load() }
+
+// Rescues is how many rescuers the watchdog has started.
+func (t *Pool) Rescues() uint64 { return t.rescues.Load() }
+
+// Stop lets the workers finish what is queued and exit, waiting at most
 // patience for them; it reports whether they did. Tasks that arrive
 // afterwards get a goroutine each.
-func (t *readTasks) stop(patience time.Duration) bool {
+func (t *Pool) Stop(patience time.Duration) bool {
 	t.stopped.Store(true)
 	t.watchdog.Stop()
 	for t.sending.Load() != 0 {

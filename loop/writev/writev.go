@@ -1,24 +1,21 @@
-package loop
+// Package writev writes batches of pooled buffers straight to a
+// non-blocking socket with writev(2), as few calls as the batch takes, and
+// stops without error where the socket is full, reporting what is left so
+// the caller can wait for room and go on from that byte.
+//
+// The buffers are only read: the caller keeps ownership of every one,
+// written or not, and must keep them unchanged during a call. The caller
+// must also make sure the descriptor stays open and its own for the whole
+// call: once closed, its number may belong to another connection.
+package writev
 
 import (
 	"sync"
 	"syscall"
 	"unsafe"
 
-	"github.com/cloudwego/netpoll"
 	"github.com/valyala/bytebufferpool"
 )
-
-// Writers send straight to the socket and never use netpoll's output
-// buffer. Why: netpoll's buffer keeps its last node for the connection's
-// life (512 B once a 260-byte frame has passed through it, a ninth of an
-// idle connection's memory), copying every frame into it is pure overhead
-// while the socket has room, which is nearly always, and what it holds is
-// discarded when a read pause takes the socket out of netpoll.
-//
-// A direct write must happen under the outbox's wmu with wclosed false: the
-// close callback sets wclosed under wmu before netpoll closes the
-// descriptor, whose number may then belong to a new connection.
 
 // iovecBatch is the most frames one writev call carries; a longer batch
 // takes several calls. It covers the coalescing measured at 16 messages in
@@ -28,21 +25,12 @@ const iovecBatch = 64
 
 var iovecPool = sync.Pool{New: func() any { return new([iovecBatch]syscall.Iovec) }}
 
-// socketFD is the descriptor under nc, or false where netpoll gives none.
-func socketFD(nc netpoll.Connection) (int, bool) {
-	fc, ok := nc.(interface{ Fd() int })
-	if !ok {
-		return 0, false
-	}
-	return fc.Fd(), true
-}
-
-// writevNonblocking writes bufs in order, the first from its byte skip on,
-// until all is written or the socket is full. It returns what is left: the
+// Nonblocking writes bufs in order, the first from its byte skip on, until
+// all is written or the socket is full. It returns what is left: the
 // unwritten buffers, of which the first has its first skip bytes written. A
 // full socket is not an error. bufs are only read; the caller keeps
 // ownership.
-func writevNonblocking(fd int, bufs []*bytebufferpool.ByteBuffer, skip int) (rest []*bytebufferpool.ByteBuffer, _ int, err error) {
+func Nonblocking(fd int, bufs []*bytebufferpool.ByteBuffer, skip int) (rest []*bytebufferpool.ByteBuffer, _ int, err error) {
 	iov := iovecPool.Get().(*[iovecBatch]syscall.Iovec)
 	defer iovecPool.Put(iov)
 	for len(bufs) > 0 {
@@ -79,10 +67,10 @@ func writevNonblocking(fd int, bufs []*bytebufferpool.ByteBuffer, skip int) (res
 	return nil, 0, nil
 }
 
-// writeOneNonblocking writes as much of b as the socket takes right now and
-// returns how much that was.
-func writeOneNonblocking(fd int, b *bytebufferpool.ByteBuffer) (int, error) {
-	rest, skip, err := writevNonblocking(fd, []*bytebufferpool.ByteBuffer{b}, 0)
+// One writes as much of b as the socket takes right now and returns how
+// much that was.
+func One(fd int, b *bytebufferpool.ByteBuffer) (int, error) {
+	rest, skip, err := Nonblocking(fd, []*bytebufferpool.ByteBuffer{b}, 0)
 	if len(rest) == 0 {
 		return len(b.B), err
 	}
