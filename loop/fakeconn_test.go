@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha1"
-	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -23,6 +21,7 @@ import (
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
 
+	"switchboard/internal/wsclient"
 	"switchboard/wsframe"
 )
 
@@ -213,12 +212,11 @@ func (fc *fakeConn) upgrade(serverID string, hold bool) (decided bool) {
 	return true
 }
 
-// want101 is the 101 the relay answers wsKey with, built here from the
-// RFC's definition rather than the relay's code.
+// want101 is the 101 the relay answers wsKey with; the accept value comes
+// from the test client's own RFC computation, not the relay's code.
 func want101() string {
-	h := sha1.Sum([]byte(wsKey + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(h[:]) + "\r\n\r\n"
+		"Sec-WebSocket-Accept: " + wsclient.Accept(wsKey) + "\r\n\r\n"
 }
 
 // cost101 is what the 101 is charged in an outbox.
