@@ -178,7 +178,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.fcmCreds, "fcm-credentials-file", "", "FCM service-account JSON key; turns push wakes on (else every wake is dropped). The key itself may instead be given in $SWITCHBOARD_FCM_CREDENTIALS_JSON")
 	fs.StringVar(&o.fcmURL, "fcm-endpoint", push.DefaultEndpoint, "FCM HTTP v1 base URL")
 	fs.StringVar(&o.fcmToken, "fcm-token-url", "", "OAuth2 token endpoint for the FCM key (default: the key's token_uri)")
-	fs.StringVar(&o.admin, "admin-listen", "127.0.0.1:9090", "admin listener for operator endpoints (/metrics, pprof); empty disables it")
+	fs.StringVar(&o.admin, "admin-listen", "127.0.0.1:9412", "admin listener for operator endpoints (/metrics, pprof); empty disables it")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin listener")
 	fs.StringVar(&o.logLvl, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFmt, "log-format", "text", "log format: text (logfmt) or json")

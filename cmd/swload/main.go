@@ -143,7 +143,7 @@
 //
 //	# 10 binaries flooding 200 KiB envelopes at their phones, relay RSS and metrics
 //	/tmp/swload --mode flood --scenario binaries-to-phones --flooders 10 --duration 10s \
-//	    --relay-pid $(pgrep -nx switchboard) --metrics-url http://127.0.0.1:9090/metrics
+//	    --relay-pid $(pgrep -nx switchboard) --metrics-url http://127.0.0.1:9412/metrics
 //
 //	# just the numbers
 //	/tmp/swload --mode active --phones 64 2>/dev/null | grep '^SWLOAD_RESULT ' | cut -d' ' -f2- | jq .throughput_per_s
