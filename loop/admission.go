@@ -56,11 +56,45 @@ func (c *conn) admit(req *wsframe.Request) bool {
 			c.src = a
 		}
 	}
-	if l := c.srv.limiter; l != nil && !l.Allow(c.source().As16()) /* IPv4 and its IPv6-mapped form share a bucket */ {
+	l := c.srv.limiter
+	if l == nil {
+		return true
+	}
+	src := c.source()
+	if exempt(c.srv.cfg.RateLimitExempt, src) {
+		c.srv.counters.RateLimitExempt.Add(1)
+		return true
+	}
+	if !l.Allow(rateKey(src, c.srv.cfg.RateLimitIPv6Prefix)) {
 		c.reject(RejectRateLimit, 429, "")
 		return false
 	}
 	return true
+}
+
+// rateKey is the bucket a source spends from: an IPv4 address on its own
+// (IPv4 and its IPv6-mapped form share a bucket), an IPv6 address by its
+// first ipv6Bits bits, since one subscriber holds a whole prefix.
+func rateKey(src netip.Addr, ipv6Bits int) [16]byte {
+	src = src.Unmap()
+	if src.Is6() {
+		if p, err := src.WithZone("").Prefix(ipv6Bits); err == nil {
+			src = p.Addr()
+		}
+	}
+	return src.As16()
+}
+
+// exempt reports whether src lies in one of the prefixes the rate limit
+// does not apply to.
+func exempt(prefixes []netip.Prefix, src netip.Addr) bool {
+	src = src.Unmap()
+	for _, p := range prefixes {
+		if p.Contains(src) {
+			return true
+		}
+	}
+	return false
 }
 
 // source is the address the relay keys and logs the connection by: a

@@ -291,15 +291,69 @@ func admProxyHeader(src string) []byte {
 
 func TestProxyV2SourceIsTheKey(t *testing.T) {
 	r := startRelay(t, loop.Config{RateLimitBurst: 1, RateLimitInterval: time.Hour, ProxyProtocol: true})
-	for _, src := range []string{"192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2"} {
+	for _, src := range []string{"192.0.2.1", "192.0.2.2", "2001:db8:1::1", "2001:db8:2::1"} {
 		st, _ := admAttempt(t, r.Addr, admProxyHeader(src), "/v1/client")
 		admExpect(t, "first from "+src, st, 101)
 	}
-	for _, src := range []string{"192.0.2.1", "2001:db8::1", "::ffff:192.0.2.2"} {
+	for _, src := range []string{"192.0.2.1", "2001:db8:1::1", "::ffff:192.0.2.2"} {
 		st, _ := admAttempt(t, r.Addr, admProxyHeader(src), "/v1/server")
 		admExpect(t, "second from "+src, st, 429)
 	}
 	admExpect(t, "healthz behind PROXY", admHealth(t, r.Addr, admProxyHeader("192.0.2.1")), 200)
+}
+
+// An IPv6 source is keyed on its first RateLimitIPv6Prefix bits: a /64
+// is one subscriber, not 2^64 sources.
+func TestRateLimitIPv6Prefix(t *testing.T) {
+	xff := func(v string) string { return "X-Forwarded-For: " + v }
+	for _, tc := range []struct {
+		bits         int
+		first        string
+		sameBucket   []string
+		othersBucket []string
+	}{
+		{0 /* default: 64 */, "2001:db8:1::1",
+			[]string{"2001:db8:1::2", "2001:db8:1:0:ffff:ffff:ffff:ffff", "2001:db8:1:0:8000::1"},
+			[]string{"2001:db8:1:1::1", "2001:db8:0:ffff:ffff:ffff:ffff:ffff", "192.0.2.1"}},
+		{128, "2001:db8:1::1", nil, []string{"2001:db8:1::2", "2001:db8:1::3"}},
+		{48, "2001:db8:1::1", []string{"2001:db8:1:1::1", "2001:db8:1:ffff::1"}, []string{"2001:db8:2::1"}},
+	} {
+		t.Run(fmt.Sprint(tc.bits), func(t *testing.T) {
+			r := startRelay(t, loop.Config{RateLimitBurst: 1, RateLimitInterval: time.Hour, TrustXForwardedFor: true, RateLimitIPv6Prefix: tc.bits})
+			st, _ := admAttempt(t, r.Addr, nil, "/v1/client", xff(tc.first))
+			admExpect(t, "first from "+tc.first, st, 101)
+			for _, src := range tc.sameBucket {
+				st, _ := admAttempt(t, r.Addr, nil, "/v1/client", xff(src))
+				admExpect(t, src+" after "+tc.first, st, 429)
+			}
+			for _, src := range tc.othersBucket {
+				st, _ := admAttempt(t, r.Addr, nil, "/v1/client", xff(src))
+				admExpect(t, src+" (its own bucket)", st, 101)
+			}
+		})
+	}
+}
+
+// An exempt source is never refused 429, however often it comes; one just
+// outside the range is limited as usual.
+func TestRateLimitExempt(t *testing.T) {
+	xff := func(v string) string { return "X-Forwarded-For: " + v }
+	r := startRelay(t, loop.Config{RateLimitBurst: 1, RateLimitInterval: time.Hour, TrustXForwardedFor: true,
+		RateLimitExempt: []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("2001:db8:e::/48")}})
+	exempt := []string{"100.64.0.1", "100.127.255.254", "100.64.0.1", "::ffff:100.64.0.1", "2001:db8:e::1", "2001:db8:e::1", "2001:db8:e:ffff::1"}
+	for i, src := range exempt {
+		st, _ := admAttempt(t, r.Addr, nil, "/v1/client", xff(src))
+		admExpect(t, fmt.Sprintf("exempt attempt %d from %s", i+1, src), st, 101)
+	}
+	for _, src := range []string{"100.128.0.1", "100.63.255.255", "2001:db8:f::1"} {
+		st, _ := admAttempt(t, r.Addr, nil, "/v1/client", xff(src))
+		admExpect(t, "first from "+src+" (outside the exempt ranges)", st, 101)
+		st, _ = admAttempt(t, r.Addr, nil, "/v1/client", xff(src))
+		admExpect(t, "second from "+src+" (outside the exempt ranges)", st, 429)
+	}
+	if got := r.Counters().RateLimitExempt.Load(); got != uint64(len(exempt)) {
+		t.Fatalf("RateLimitExempt = %d, want %d", got, len(exempt))
+	}
 }
 
 func TestProxyV2LocalUsesSocketAddress(t *testing.T) {

@@ -3,6 +3,7 @@ package loop
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"runtime"
 	"syscall"
 	"time"
@@ -92,6 +93,17 @@ type Config struct {
 	// bounded under a flood of addresses); when full, the tracked source
 	// closest to a full bucket is forgotten.
 	RateLimitMaxSources int
+	// RateLimitIPv6Prefix is how many leading bits of an IPv6 source the
+	// rate limit keys on: a host is handed a whole /64 (or more), so keying
+	// on the full address would let one client make 2^64 "sources". IPv4
+	// sources are always keyed on the full address. Zero means
+	// DefaultRateLimitIPv6Prefix.
+	RateLimitIPv6Prefix int
+	// RateLimitExempt lists source prefixes the per-IP rate limit does not
+	// apply to: carrier-grade NAT ranges that put thousands of phones
+	// behind one address, or the operator's own monitoring. Everything else
+	// (the connection cap, the memory budget) still applies to them.
+	RateLimitExempt []netip.Prefix
 	// ProxyProtocol requires a PROXY protocol v2 header at the start of every
 	// connection and takes the source address from it.
 	ProxyProtocol bool
@@ -131,6 +143,7 @@ const (
 	DefaultRateLimitBurst        = 20              // the command's default; a zero Config leaves the limit off
 	DefaultRateLimitInterval     = 6 * time.Second
 	DefaultRateLimitMaxSources   = 1 << 20 // ~55 MiB of buckets at most (measured)
+	DefaultRateLimitIPv6Prefix   = 64      // the smallest block an ISP hands one subscriber
 	DefaultHeartbeatInterval     = 30 * time.Second
 	DefaultPongTimeout           = 30 * time.Second
 	DefaultHandshakeTimeout      = 5 * time.Second
@@ -152,6 +165,11 @@ const (
 	maxReadWorkers    = 1024
 	maxReadQueueDepth = 1 << 20
 )
+
+// MaxRateLimitExempt bounds RateLimitExempt: every upgrade checks its
+// source against each entry in turn, and a thousand prefixes cost about a
+// microsecond, the order of the rest of the upgrade's work.
+const MaxRateLimitExempt = 1024
 
 // minBinaryLifetime is the shortest BinaryMaxLifetime Validate accepts:
 // shorter would have binaries spend more time redialling than connected.
@@ -187,6 +205,7 @@ func (c *Config) Defaults() {
 		c.RateLimitInterval = DefaultRateLimitInterval
 	}
 	setDefault(&c.RateLimitMaxSources, DefaultRateLimitMaxSources)
+	setDefault(&c.RateLimitIPv6Prefix, DefaultRateLimitIPv6Prefix)
 	if c.Version == "" {
 		c.Version = "dev"
 	}
@@ -245,6 +264,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("binary-max-lifetime must be 0 (off) or at least %s, got %s", minBinaryLifetime, c.BinaryMaxLifetime)
 	case c.RateLimitMaxSources < ratelimit.MinKeys:
 		return fmt.Errorf("rate-limit-max-sources must be at least %d, got %d", ratelimit.MinKeys, c.RateLimitMaxSources)
+	case c.RateLimitIPv6Prefix < 1 || c.RateLimitIPv6Prefix > 128:
+		return fmt.Errorf("rate-limit-ipv6-prefix must be in 1..128, got %d", c.RateLimitIPv6Prefix)
+	case len(c.RateLimitExempt) > MaxRateLimitExempt:
+		return fmt.Errorf("rate-limit-exempt may list at most %d prefixes, got %d", MaxRateLimitExempt, len(c.RateLimitExempt))
 	}
 	for _, d := range []struct {
 		name string

@@ -242,6 +242,7 @@ type Counters struct {
 	DirectReadBytes   atomic.Uint64                  // bytes the relay read itself from paused sockets
 	PausedNow         atomic.Int64                   // sockets paused right now
 	Parks             atomic.Uint64                  // phones that stopped reading until their binary's outbox drained
+	RateLimitExempt   atomic.Uint64                  // upgrade attempts the per-IP limit let through because their source is exempt
 }
 
 // Drop returns how many frames were dropped for reason r.

@@ -106,6 +106,8 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 	m.value("", c.DirectReadBytes.Load())
 	m.family("switchboard_write_waits_total", "counter", "Writes that found the peer's socket full and waited for room (slow readers).")
 	m.value("", c.WriteWaits.Load())
+	m.family("switchboard_rate_limit_exempt_total", "counter", "Upgrade attempts the per-IP rate limit did not count because their source is in --rate-limit-exempt.")
+	m.value("", c.RateLimitExempt.Load())
 	m.family("switchboard_takeover_probes_total", "counter", "Duplicate claims that pinged the holder.")
 	m.value("", c.TakeoverProbes.Load())
 	m.family("switchboard_takeovers_total", "counter", "Takeover probes the holder did not answer: the server-id moved.")

@@ -2,13 +2,14 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"testing"
 	"time"
 )
 
 func TestAdmissionFlagDefaults(t *testing.T) {
 	var errb bytes.Buffer
-	o, err := parseFlags(nil, &errb)
+	o, err := parseFlags(nil, os.Environ(), &errb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +31,7 @@ func TestAdmissionFlagsFromEnvironment(t *testing.T) {
 	t.Setenv("SWITCHBOARD_PROXY_PROTOCOL", "true")
 	t.Setenv("SWITCHBOARD_TRUST_X_FORWARDED_FOR", "true")
 	var errb bytes.Buffer
-	o, err := parseFlags([]string{"--rate-limit-burst", "0", "--trust-x-forwarded-for=false"}, &errb)
+	o, err := parseFlags([]string{"--rate-limit-burst", "0", "--trust-x-forwarded-for=false"}, os.Environ(), &errb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +64,7 @@ func TestBadAdmissionFlagsRefused(t *testing.T) {
 		{"--proxy-protocol=maybe"},
 	} {
 		var errb bytes.Buffer
-		o, err := parseFlags(args, &errb)
+		o, err := parseFlags(args, os.Environ(), &errb)
 		if err == nil {
 			err = o.cfg.Validate()
 		}

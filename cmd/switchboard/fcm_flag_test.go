@@ -37,7 +37,7 @@ func TestFCMCredentialsRefusedAtStart(t *testing.T) {
 }
 
 func TestFCMFlagDefaults(t *testing.T) {
-	o, err := parseFlags(nil, &bytes.Buffer{})
+	o, err := parseFlags(nil, os.Environ(), &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -9,7 +10,7 @@ import (
 
 func TestBinaryMaxLifetimeFlag(t *testing.T) {
 	var errb bytes.Buffer
-	o, err := parseFlags(nil, &errb)
+	o, err := parseFlags(nil, os.Environ(), &errb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -18,13 +19,13 @@ func TestBinaryMaxLifetimeFlag(t *testing.T) {
 	}
 
 	t.Setenv("SWITCHBOARD_BINARY_MAX_LIFETIME", "90m")
-	if o, err = parseFlags(nil, &errb); err != nil || o.cfg.BinaryMaxLifetime != 90*time.Minute {
+	if o, err = parseFlags(nil, os.Environ(), &errb); err != nil || o.cfg.BinaryMaxLifetime != 90*time.Minute {
 		t.Fatalf("from the environment: %v %v, want 1h30m", o, err)
 	}
 	if err := o.cfg.Validate(); err != nil {
 		t.Fatalf("90m does not validate: %v", err)
 	}
-	if o, err = parseFlags([]string{"--binary-max-lifetime", "1s"}, &errb); err != nil || o.cfg.BinaryMaxLifetime != time.Second {
+	if o, err = parseFlags([]string{"--binary-max-lifetime", "1s"}, os.Environ(), &errb); err != nil || o.cfg.BinaryMaxLifetime != time.Second {
 		t.Fatalf("flag over environment: %v %v, want 1s", o, err)
 	}
 

@@ -38,8 +38,8 @@ func TestBadFlagValuesExit2WithOneLine(t *testing.T) {
 			t.Errorf("%v: exit %d, want 2 (stderr %q)", args, code, errb.String())
 			continue
 		}
-		if !strings.Contains(errb.String(), "switchboard") && !strings.Contains(errb.String(), "flag") {
-			t.Errorf("%v: stderr %q names no reason", args, errb.String())
+		if !strings.HasPrefix(errb.String(), "switchboard: ") || strings.Count(errb.String(), "\n") != 1 {
+			t.Errorf("%v: stderr %q is not one line naming the reason", args, errb.String())
 		}
 	}
 }
@@ -49,7 +49,7 @@ func TestEnvironmentSetsFlagsAndCommandLineWins(t *testing.T) {
 	t.Setenv("SWITCHBOARD_WRITE_TIMEOUT", "2s")
 	t.Setenv("SWITCHBOARD_MAX_MESSAGE_BYTES", "1000")
 	var errb bytes.Buffer
-	o, err := parseFlags([]string{"--max-message-bytes", "2000"}, &errb)
+	o, err := parseFlags([]string{"--max-message-bytes", "2000"}, os.Environ(), &errb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestVersionAndHelp(t *testing.T) {
 		t.Fatalf("--help: exit %d", code)
 	}
 	for _, flag := range []string{"-listen", "-max-connections", "-phones-per-server", "-max-message-bytes", "-phone-outbox-bytes", "-version"} {
-		if !strings.Contains(errb.String(), flag) {
+		if !strings.Contains(out.String(), flag) {
 			t.Errorf("--help does not mention %s", flag)
 		}
 	}
@@ -100,7 +100,7 @@ func TestEveryFlagIsDocumented(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	flags := regexp.MustCompile(`(?m)^  -([a-z0-9-]+)`).FindAllStringSubmatch(errb.String(), -1)
+	flags := regexp.MustCompile(`(?m)^  -([a-z0-9-]+)`).FindAllStringSubmatch(out.String(), -1)
 	if len(flags) < 20 {
 		t.Fatalf("found only %d flags in --help output", len(flags))
 	}
