@@ -73,12 +73,26 @@ func (s *LogSink) lineLocked(match func(string) bool) (string, <-chan struct{}, 
 
 // WaitLine waits for a line that match accepts, as Line finds them, for at
 // most timeout; it gives up early once stop (which may be nil) is closed.
+// match must not call the sink's other methods: it runs under its lock.
 func (s *LogSink) WaitLine(stop <-chan struct{}, timeout time.Duration, match func(string) bool) (string, bool) {
+	return s.WaitNth(stop, timeout, 1, match)
+}
+
+// WaitNth is WaitLine for the n-th line that match accepts.
+func (s *LogSink) WaitNth(stop <-chan struct{}, timeout time.Duration, n int, match func(string) bool) (string, bool) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
+	seen := 0
+	nth := func(l string) bool {
+		if match(l) {
+			seen++
+		}
+		return seen >= n
+	}
 	for {
 		s.mu.Lock()
-		line, changed, ok := s.lineLocked(match)
+		seen = 0 // every look scans from the first line
+		line, changed, ok := s.lineLocked(nth)
 		s.mu.Unlock()
 		if ok {
 			return line, true
@@ -87,7 +101,8 @@ func (s *LogSink) WaitLine(stop <-chan struct{}, timeout time.Duration, match fu
 		case <-changed:
 		case <-stop:
 			// What was written before the stop still counts.
-			return s.Line(match)
+			seen = 0
+			return s.Line(nth)
 		case <-deadline.C:
 			return "", false
 		}
