@@ -23,7 +23,8 @@ import (
 // connection held, exactly once.
 
 // Close codes the relay sends: RFC 6455 section 7.4.1 (named as gobwas/ws
-// names them where it does) and the relay protocol's 44xx codes.
+// names them where it does) and the relay's own 44xx codes (docs/protocol.md,
+// "Close codes").
 const (
 	codeNormal        = uint16(ws.StatusNormalClosure)       // 1000
 	codeGoingAway     = uint16(ws.StatusGoingAway)           // 1001

@@ -111,7 +111,7 @@ type Config struct {
 	// X-Forwarded-For address when present and parseable. Only for a relay
 	// behind a proxy that sets that header itself: clients can forge it.
 	TrustXForwardedFor bool
-	// Push sends the push wakes binaries ask for (the relay protocol, §6);
+	// Push sends the push wakes binaries ask for (docs/protocol.md, "Push wakes");
 	// nil means push is off and every wake is dropped as push_wake_off.
 	Push PushWaker
 	// Version is reported by /healthz.
@@ -130,7 +130,7 @@ type PushWaker interface {
 	Outcomes(yield func(outcome string, n uint64))
 }
 
-// Protocol defaults (the relay protocol, §7).
+// Protocol defaults (docs/protocol.md, "Limits and timers").
 const (
 	DefaultPhonesPerServer       = 16
 	DefaultMaxMessageBytes       = 262144

@@ -13,7 +13,8 @@ import "sync"
 // not fit).
 //
 // The other direction has no such link on purpose: a binary serves many
-// phones, and one slow phone must never stall its binary (the protocol's rule);
+// phones, and one slow phone must never stall its binary (docs/protocol.md,
+// "Binary to relay");
 // a phone that cannot keep up is closed 1011 `phone backlog full`.
 
 // congestedAbove and uncongestedBelow are the fractions of a binary's

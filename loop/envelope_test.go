@@ -1,6 +1,6 @@
 package loop_test
 
-// Routing envelopes (the relay protocol, §4): phone → binary wrapping and
+// Routing envelopes (docs/protocol.md, "Envelopes"): phone → binary wrapping and
 // validation, binary → phone delivery and close directives, drops, and a
 // many-phone exchange checked for loss, duplication and misrouting.
 

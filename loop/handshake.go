@@ -2,7 +2,8 @@ package loop
 
 import "switchboard/wsframe"
 
-// Required headers per endpoint (the relay protocol, §2), checked in order.
+// Required headers per endpoint (docs/protocol.md, "Request headers"),
+// checked in order.
 var (
 	binaryHeaders = []string{"X-Pyrycode-Server", "X-Pyrycode-Version", "User-Agent"}
 	phoneHeaders  = []string{"X-Pyrycode-Server", "X-Pyrycode-Token", "User-Agent"}

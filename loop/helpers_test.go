@@ -17,7 +17,8 @@ import (
 const testTimeout = 10 * time.Second
 
 // shortGrace is for tests about what happens once a binary's slot is gone:
-// the grace window (the relay protocol, §5) still runs, just briefly.
+// the grace window (docs/protocol.md, "Server-ids: claim, grace, takeover")
+// still runs, just briefly.
 const shortGrace = 20 * time.Millisecond
 
 // relay is a Switchboard serving on a loopback port for one test.

@@ -1,7 +1,8 @@
 package loop_test
 
-// The HTTP surface (the relay protocol, §2) and the registry's post-upgrade
-// outcomes (section 3), driven over loopback.
+// The HTTP surface (docs/protocol.md, "Endpoints" and "Upgrade answers")
+// and the registry's post-upgrade outcomes ("Close codes"), driven over
+// loopback.
 
 import (
 	"encoding/json"
@@ -480,7 +481,8 @@ func TestHTTPOversizedHead(t *testing.T) {
 	})
 }
 
-// Registry outcomes after the 101 (the relay protocol, §3).
+// Registry outcomes after the 101 (docs/protocol.md, "Server-ids: claim,
+// grace, takeover" and "Close codes").
 
 func TestRegistryPhoneUnknownServer(t *testing.T) {
 	r := startRelay(t, loop.Config{})

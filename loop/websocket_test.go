@@ -1,6 +1,7 @@
 package loop_test
 
-// WebSocket correctness (RFC 6455 as the relay protocol, §3 applies it):
+// WebSocket correctness (RFC 6455 as docs/protocol.md, "The WebSocket
+// connection", applies it):
 // reassembly, control frames between fragments, the close handshake,
 // protocol violations and the message size limit. Phones are raw TCP
 // clients with hand-built frames; binaries are gorilla clients.

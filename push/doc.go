@@ -1,4 +1,4 @@
-// Package push sends the push wakes binaries ask for (the relay protocol, §6)
+// Package push sends the push wakes binaries ask for (docs/protocol.md, "Push wakes")
 // through FCM HTTP v1.
 //
 // A wake is a high-priority, data-less message to one device token. The body

@@ -18,7 +18,7 @@ import (
 	"golang.org/x/oauth2"
 )
 
-// Limits from the relay protocol, §6.
+// Limits from docs/protocol.md, "Push wakes".
 const (
 	DefaultInterval    = 10 * time.Second // a server-id regains one wake this often
 	DefaultBurst       = 6                // wakes a server-id may send at once

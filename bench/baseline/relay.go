@@ -14,7 +14,7 @@
 // guarded by a single sync.RWMutex. Envelopes are built and parsed with
 // encoding/json.
 //
-// It speaks the wire contract in the pyrycode relay protocol, minus the parts the
+// It speaks the wire contract in docs/protocol.md, minus the parts the
 // benchmarks do not exercise: no grace window (a binary's slot and its phones
 // go away with it), no takeover probe (a duplicate claim is always 4409), no
 // rate limits, no connection cap, no push wake, no metrics.
@@ -84,7 +84,7 @@ func (c Config) withDefaults() Config {
 
 var errNoBinaryConn = errors.New("binary connection not established")
 
-// Close codes and reasons from the relay protocol, §3.
+// Close codes and reasons from docs/protocol.md, "Close codes".
 const (
 	codeNoServer    websocket.StatusCode = 4404
 	codeClaimed     websocket.StatusCode = 4409

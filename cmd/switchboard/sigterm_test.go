@@ -1,6 +1,6 @@
 package main
 
-// Graceful shutdown of the real process (the relay protocol, §9): SIGTERM
+// Graceful shutdown of the real process (docs/protocol.md, "Shutdown"): SIGTERM
 // closes every binary and phone with 1001 `shutting down`, refuses new
 // upgrades, waits for the close handshakes, and exits 0.
 
