@@ -39,7 +39,7 @@ func (e *engine) connectBinaries(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			id := e.serverID(i)
-			c, err := wsclient.Dial(e.cfg.Addr, wsclient.Options{Timeout: e.cfg.DialTimeout, Local: e.localAddr()}, wsclient.Request{Path: "/v1/server", Header: e.headers(id, false, 1<<40+int64(i))})
+			c, err := wsclient.Dial(e.cfg.Addr, e.cfg.dialOptions(e.localAddr()), wsclient.Request{Path: "/v1/server", Header: e.headers(id, false, 1<<40+int64(i))})
 			if err != nil {
 				e.connFails.add("binary_"+dialKind(err), 1)
 				return

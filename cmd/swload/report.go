@@ -66,7 +66,7 @@ type Result struct {
 
 // fill copies the engine's counters into r (after the run ended).
 func (r *Result) fill(e *engine) {
-	r.Addr = e.cfg.Addr
+	r.Addr = e.cfg.target()
 	r.RoundTrips = e.roundTrips.Load()
 	r.WindowRoundTrips = e.windowTrips.Load()
 	r.Latency = e.lat.snapshot()

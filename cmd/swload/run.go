@@ -26,6 +26,9 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) (*Result, er
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if cfg.Insecure {
+		fmt.Fprintln(stderr, insecureWarning)
+	}
 	var res *Result
 	if cfg.Mode == modeFlood {
 		rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
@@ -287,7 +290,7 @@ func runParent(ctx context.Context, cfg Config, stderr io.Writer) (*Result, erro
 		}
 	}
 
-	res := &Result{Mode: cfg.Mode, Addr: cfg.Addr, Inflight: cfg.Inflight, Size: cfg.Size, RateTarget: cfg.Rate}
+	res := &Result{Mode: cfg.Mode, Addr: cfg.target(), Inflight: cfg.Inflight, Size: cfg.Size, RateTarget: cfg.Rate}
 	for _, w := range ws {
 		if w.result == nil {
 			res.WorkerFailures++
