@@ -276,7 +276,7 @@ func flagSet(c *Config, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.ReplyTimeout, "reply-timeout", defaultReplyTO, "limit for a warm-up / churn echo")
 	fs.DurationVar(&c.Drain, "drain", defaultDrain, "at the end: wait this long for outstanding replies and for each close handshake")
 	fs.BoolVar(&c.XFF, "xff", false, "send a distinct X-Forwarded-For per connection (for relays with per-IP limits and forwarded headers trusted)")
-	fs.DurationVar(&c.Progress, "progress", time.Second, "progress line interval on stderr")
+	fs.DurationVar(&c.Progress, "progress", time.Second, "progress line interval on stderr (0 = no progress lines)")
 	fs.StringVar(&c.Scenario, "scenario", "", "flood: "+scenBinariesToPhones+" | "+scenPhonesToBinary+" | "+scenDeafBinary)
 	fs.IntVar(&c.Flooders, "flooders", defaultFlooders, "flood: flooding binaries ("+scenBinariesToPhones+") or phones (the others, --phones-per-binary to a binary)")
 	fs.DurationVar(&c.CalmInterval, "calm-interval", defaultCalmInterval, "flood: the calm phone sends one message this often")
@@ -320,7 +320,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	}
 	// Flag defaults are real values, so a zero here was asked for: it is an
 	// error, except where the flag text gives zero a meaning (source-ips 0 =
-	// don't bind, procs 0 and timeout 0 = derive, connect-rate 0 = unpaced).
+	// don't bind, procs 0 and timeout 0 = derive, connect-rate 0 = unpaced,
+	// progress 0 = none).
 	for name, v := range map[string]int{"phones": c.Phones, "phones-per-binary": c.PhonesPerBinary, "inflight": c.Inflight, "size": c.Size,
 		"flooders": c.Flooders, "calm-size": c.CalmSize} {
 		if v == 0 {
@@ -328,13 +329,16 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 		}
 	}
 	for name, v := range map[string]time.Duration{"hold": c.Hold, "duration": c.Duration, "dial-timeout": c.DialTimeout,
-		"reply-timeout": c.ReplyTimeout, "drain": c.Drain, "progress": c.Progress, "calm-interval": c.CalmInterval} {
+		"reply-timeout": c.ReplyTimeout, "drain": c.Drain, "calm-interval": c.CalmInterval} {
 		if v == 0 {
 			return c, fmt.Errorf("--%s must be positive", name)
 		}
 	}
 	if c.SourceIPs == 0 {
 		c.SourceIPs = -1
+	}
+	if c.Progress <= 0 {
+		c.Progress = -1 // a zero Config means the default interval
 	}
 	c.defaults()
 	return c, c.validate()
