@@ -36,6 +36,12 @@ func (e *engine) connectPhone(serverID string, id int64) *phone {
 			time.Sleep(time.Duration(20<<try) * time.Millisecond)
 			continue
 		}
+		if fail == "close_1001" {
+			// 101, then 1001: the relay began draining as this phone
+			// connected (drain.go).
+			e.drainedPhone(0)
+			return nil
+		}
 		e.connFails.add(fail, 1)
 		return nil
 	}
