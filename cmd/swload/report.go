@@ -351,6 +351,7 @@ func writeReport(w io.Writer, r *Result) {
 		row("worker failures", "%d", s.WorkerFailures)
 	}
 	_ = tw.Flush()
+	writeRateLimitHint(w, s.ConnectFailures)
 	line, _ := json.Marshal(s)
 	fmt.Fprintf(w, "%s%s\n", ResultPrefix, line)
 }
@@ -505,6 +506,7 @@ func writeFloodReport(w io.Writer, s Summary) {
 		row("ended", "hit --timeout")
 	}
 	_ = tw.Flush()
+	writeRateLimitHint(w, s.ConnectFailures)
 	line, _ := json.Marshal(s)
 	fmt.Fprintf(w, "%s%s\n", ResultPrefix, line)
 }
