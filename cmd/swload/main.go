@@ -203,6 +203,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "swload: %v\n", err)
 		return 2
 	}
+	return exitCode(res)
+}
+
+// exitCode is the status a finished run exits with. Connections the relay
+// drained (1001) are not failures and do not count (drain.go).
+func exitCode(res *Result) int {
 	switch {
 	case res.ErrorCount() > 0 || res.WorkerFailures > 0 || res.TimedOut || (res.Flood != nil && res.Flood.Failed()):
 		return 1
