@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"switchboard/internal/wsclient"
@@ -12,7 +14,9 @@ import (
 // straight back into a binary→relay envelope (the relay's
 // {"conn_id":…,"frame":…} is also a valid one); its writer flushes
 // everything queued in one write, so a binary fanning in 16 phones does not
-// pay a syscall per message.
+// pay a syscall per message. A close frame from the relay is answered at
+// once (answerClose), so a relay draining under swload is not left waiting
+// out its --close-linger for each binary.
 type binaryConn struct {
 	e  *engine
 	id string
@@ -24,7 +28,12 @@ type binaryConn struct {
 	pending []byte
 	spare   []byte
 	done    bool
+	final   bool // pending ends with the answer to the relay's close: write it, then close
 	wg      sync.WaitGroup
+
+	// closing is set by whichever close frame goes out first, the relay's
+	// answered or swload's own at the end, so only one ever does.
+	closing atomic.Bool
 }
 
 // binaryQueueCap bounds what a binary queues for writing before its reader
@@ -39,7 +48,7 @@ func (e *engine) connectBinaries(ctx context.Context) {
 		go func() {
 			defer wg.Done()
 			id := e.serverID(i)
-			c, err := wsclient.Dial(e.cfg.Addr, wsclient.Options{Timeout: e.cfg.DialTimeout, Local: e.localAddr()}, wsclient.Request{Path: "/v1/server", Header: e.headers(id, false, 1<<40+int64(i))})
+			c, err := wsclient.Dial(e.cfg.Addr, e.cfg.dialOptions(e.localAddr()), wsclient.Request{Path: "/v1/server", Header: e.headers(id, false, 1<<40+int64(i))})
 			if err != nil {
 				e.connFails.add("binary_"+dialKind(err), 1)
 				return
@@ -69,8 +78,14 @@ func (b *binaryConn) readLoop() {
 	for {
 		op, p, err := b.c.ReadFrame()
 		if err != nil {
-			if !e.stopping.Load() {
+			switch {
+			case isDrain(err, p):
+				e.drainedBinaries.Add(1)
+			case !e.stopping.Load():
 				e.errs.add("binary_"+readKind(err, p), 1)
+			}
+			if errors.Is(err, wsclient.ErrClosed) {
+				b.answerClose(p)
 			}
 			return
 		}
@@ -95,6 +110,22 @@ func (b *binaryConn) readLoop() {
 	}
 }
 
+// answerClose queues the answer to the relay's close frame (its code
+// echoed) in place of whatever the writer has not taken yet: nothing may
+// follow a close frame, and the relay would discard it. The writer sends it
+// after the write in hand, if any, and closes the socket. When swload's own
+// close went out first, this close is its answer and needs none.
+func (b *binaryConn) answerClose(payload []byte) {
+	if b.closing.Swap(true) {
+		return
+	}
+	b.mu.Lock()
+	b.pending = append(b.pending[:0], closeEcho(payload)...)
+	b.final = true
+	b.ready.Signal()
+	b.mu.Unlock()
+}
+
 func (b *binaryConn) writeLoop() {
 	defer b.wg.Done()
 	for {
@@ -102,15 +133,20 @@ func (b *binaryConn) writeLoop() {
 		for len(b.pending) == 0 && !b.done {
 			b.ready.Wait()
 		}
-		if len(b.pending) == 0 || (b.done && b.e.stopping.Load()) {
+		if len(b.pending) == 0 || (b.done && b.e.stopping.Load() && !b.final) {
 			b.mu.Unlock()
 			return
 		}
-		out := b.pending
+		out, final := b.pending, b.final
 		b.pending, b.spare = b.spare[:0], nil
 		b.space.Broadcast()
 		b.mu.Unlock()
 		_, err := b.c.Conn.Write(out)
+		if final {
+			// The close is answered; the relay closes its side on reading it.
+			_ = b.c.Close()
+			return
+		}
 		b.mu.Lock()
 		b.spare = out[:0]
 		if err != nil {
@@ -154,7 +190,9 @@ func (e *engine) closeBinaries() {
 		go func() {
 			defer wg.Done()
 			_ = b.c.Conn.SetDeadline(time.Now().Add(e.cfg.Drain))
-			_, _ = b.c.Conn.Write(closeFrame())
+			if !b.closing.Swap(true) {
+				_, _ = b.c.Conn.Write(closeFrame())
+			}
 			if !waitTimeout(&b.wg, e.cfg.Drain+time.Second) {
 				_ = b.c.Close()
 				b.wg.Wait()

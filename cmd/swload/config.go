@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -42,7 +43,14 @@ type Config struct {
 	ReplyTimeout    time.Duration // warm-up echo and churn echo
 	Drain           time.Duration // outstanding replies and close handshakes at the end
 	XFF             bool          // send a distinct X-Forwarded-For per connection
-	Progress        time.Duration // progress interval (1 s)
+	Progress        time.Duration // progress interval (1 s); negative = no progress lines (--progress 0)
+
+	// TLS (target.go): a wss:// --addr sets TLS; CAFile is a PEM bundle to
+	// trust instead of the system roots; Insecure skips verification.
+	TLS      bool
+	CAFile   string
+	Insecure bool
+	tlsConf  *tls.Config // built by resolveTarget
 
 	// --mode flood (flood.go; checked in floodconfig.go).
 	Scenario     string
@@ -194,8 +202,11 @@ func (c *Config) validate() error {
 		return fmt.Errorf("--source-ips must be in 0..254, got %d", c.SourceIPs)
 	case c.Procs < 1 || c.Procs > c.Phones:
 		return fmt.Errorf("--procs must be in 0..--phones, got %d", c.Procs)
-	case c.Hold <= 0 || c.Duration <= 0 || c.Timeout <= 0 || c.DialTimeout <= 0 || c.ReplyTimeout <= 0 || c.Drain <= 0 || c.Progress <= 0:
+	case c.Hold <= 0 || c.Duration <= 0 || c.Timeout <= 0 || c.DialTimeout <= 0 || c.ReplyTimeout <= 0 || c.Drain <= 0 || c.Progress == 0:
 		return errors.New("durations must be positive")
+	}
+	if err := c.resolveTarget(); err != nil {
+		return err
 	}
 	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
 		return fmt.Errorf("--addr: %v", err)
@@ -247,7 +258,9 @@ func flagSet(c *Config, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("swload", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&c.Mode, "mode", modeIdle, "idle | active | churn | flood")
-	fs.StringVar(&c.Addr, "addr", defaultAddr, "relay address host:port (the only address dialled)")
+	fs.StringVar(&c.Addr, "addr", defaultAddr, "relay address: host:port, or a ws:// or wss:// URL (scheme, host, port; wss:// dials TLS); the only address dialled")
+	fs.StringVar(&c.CAFile, "ca-file", "", "wss://: trust the certificates in this PEM file (a self-signed or private CA) instead of the system roots")
+	fs.BoolVar(&c.Insecure, "insecure", false, "wss://: do not verify the relay's certificate at all (says so on stderr; prefer --ca-file)")
 	fs.IntVar(&c.Phones, "phones", defaultPhones, "phones (idle, active); concurrent phone slots (churn)")
 	fs.IntVar(&c.PhonesPerBinary, "phones-per-binary", defaultPerBinary, "phones per server-id / binary")
 	fs.Float64Var(&c.ConnectRate, "connect-rate", defaultConnectRate, "new connections per second over all processes (0 = unpaced)")
@@ -263,7 +276,7 @@ func flagSet(c *Config, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.ReplyTimeout, "reply-timeout", defaultReplyTO, "limit for a warm-up / churn echo")
 	fs.DurationVar(&c.Drain, "drain", defaultDrain, "at the end: wait this long for outstanding replies and for each close handshake")
 	fs.BoolVar(&c.XFF, "xff", false, "send a distinct X-Forwarded-For per connection (for relays with per-IP limits and forwarded headers trusted)")
-	fs.DurationVar(&c.Progress, "progress", time.Second, "progress line interval on stderr")
+	fs.DurationVar(&c.Progress, "progress", time.Second, "progress line interval on stderr (0 = no progress lines)")
 	fs.StringVar(&c.Scenario, "scenario", "", "flood: "+scenBinariesToPhones+" | "+scenPhonesToBinary+" | "+scenDeafBinary)
 	fs.IntVar(&c.Flooders, "flooders", defaultFlooders, "flood: flooding binaries ("+scenBinariesToPhones+") or phones (the others, --phones-per-binary to a binary)")
 	fs.DurationVar(&c.CalmInterval, "calm-interval", defaultCalmInterval, "flood: the calm phone sends one message this often")
@@ -307,7 +320,8 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 	}
 	// Flag defaults are real values, so a zero here was asked for: it is an
 	// error, except where the flag text gives zero a meaning (source-ips 0 =
-	// don't bind, procs 0 and timeout 0 = derive, connect-rate 0 = unpaced).
+	// don't bind, procs 0 and timeout 0 = derive, connect-rate 0 = unpaced,
+	// progress 0 = none).
 	for name, v := range map[string]int{"phones": c.Phones, "phones-per-binary": c.PhonesPerBinary, "inflight": c.Inflight, "size": c.Size,
 		"flooders": c.Flooders, "calm-size": c.CalmSize} {
 		if v == 0 {
@@ -315,13 +329,16 @@ func parseFlags(args []string, stderr io.Writer) (Config, error) {
 		}
 	}
 	for name, v := range map[string]time.Duration{"hold": c.Hold, "duration": c.Duration, "dial-timeout": c.DialTimeout,
-		"reply-timeout": c.ReplyTimeout, "drain": c.Drain, "progress": c.Progress, "calm-interval": c.CalmInterval} {
+		"reply-timeout": c.ReplyTimeout, "drain": c.Drain, "calm-interval": c.CalmInterval} {
 		if v == 0 {
 			return c, fmt.Errorf("--%s must be positive", name)
 		}
 	}
 	if c.SourceIPs == 0 {
 		c.SourceIPs = -1
+	}
+	if c.Progress <= 0 {
+		c.Progress = -1 // a zero Config means the default interval
 	}
 	c.defaults()
 	return c, c.validate()
@@ -335,9 +352,13 @@ func workerArgs(c *Config, i int) []string {
 	if src < 0 {
 		src = 0
 	}
+	prog := c.Progress
+	if prog < 0 {
+		prog = 0
+	}
 	args := []string{
 		"--mode", c.Mode,
-		"--addr", c.Addr,
+		"--addr", c.target(),
 		"--phones", strconv.Itoa(c.Phones),
 		"--phones-per-binary", strconv.Itoa(c.PhonesPerBinary),
 		"--connect-rate", strconv.FormatFloat(c.ConnectRate, 'g', -1, 64),
@@ -352,12 +373,18 @@ func workerArgs(c *Config, i int) []string {
 		"--dial-timeout", d(c.DialTimeout),
 		"--reply-timeout", d(c.ReplyTimeout),
 		"--drain", d(c.Drain),
-		"--progress", d(c.Progress),
+		"--progress", d(prog),
 		"--run-id", c.RunID,
 		"--worker-index", strconv.Itoa(i),
 	}
 	if c.XFF {
 		args = append(args, "--xff")
+	}
+	if c.CAFile != "" {
+		args = append(args, "--ca-file", c.CAFile)
+	}
+	if c.Insecure {
+		args = append(args, "--insecure")
 	}
 	return args
 }

@@ -25,24 +25,29 @@ type engine struct {
 	nextLocal atomic.Uint64
 
 	// Counters; everything a progress line shows.
-	phase        atomic.Value // string
-	live         atomic.Int64 // phones connected (warm-up echoed) and not yet gone
-	peakLive     atomic.Int64
-	attempts     atomic.Int64 // phone connects attempted
-	connOK       atomic.Int64 // phone connects that completed the warm-up round trip
-	roundTrips   atomic.Int64 // verified round trips (warm-ups included in idle/churn)
-	windowTrips  atomic.Int64 // active: round trips completed inside the window
-	cycles       atomic.Int64 // churn: connect, echo, close cycles completed
-	notices      atomic.Int64 // close notices the binaries received
-	echoed       atomic.Int64 // envelopes the binaries echoed
-	reencoded    atomic.Int64 // replies equal only after JSON decoding
-	retries      atomic.Int64 // phone connects retried after a 4404
-	sends        atomic.Int64 // active: phone messages sent (all inside the window)
-	errs         kinds
-	connFails    kinds
-	lat, connLat *recorder
-	lag          *recorder // open loop: how late each send left after its scheduled time
-	latSend      *recorder // open loop: round trip from the actual send (uncorrected)
+	phase       atomic.Value // string
+	live        atomic.Int64 // phones connected (warm-up echoed) and not yet gone
+	peakLive    atomic.Int64
+	attempts    atomic.Int64 // phone connects attempted
+	connOK      atomic.Int64 // phone connects that completed the warm-up round trip
+	roundTrips  atomic.Int64 // verified round trips (warm-ups included in idle/churn)
+	windowTrips atomic.Int64 // active: round trips completed inside the window
+	cycles      atomic.Int64 // churn: connect, echo, close cycles completed
+	notices     atomic.Int64 // close notices the binaries received
+	echoed      atomic.Int64 // envelopes the binaries echoed
+	reencoded   atomic.Int64 // replies equal only after JSON decoding
+	retries     atomic.Int64 // phone connects retried after a 4404
+	sends       atomic.Int64 // active: phone messages sent (all inside the window)
+	// The relay's drain (drain.go): connections it closed with 1001, and
+	// the messages drained phones still had in flight.
+	drainedPhones   atomic.Int64
+	drainedBinaries atomic.Int64
+	unanswered      atomic.Int64
+	errs            kinds
+	connFails       kinds
+	lat, connLat    *recorder
+	lag             *recorder // open loop: how late each send left after its scheduled time
+	latSend         *recorder // open loop: round trip from the actual send (uncorrected)
 
 	// winBase is when the window opened (since start); written before
 	// startCh closes, read by open-loop pacers after it has.
@@ -140,6 +145,7 @@ func (e *engine) snapshot() progress {
 		Live: e.live.Load(), Attempts: e.attempts.Load(), ConnOK: e.connOK.Load(),
 		RoundTrips: e.roundTrips.Load(), Cycles: e.cycles.Load(), Sends: e.sends.Load(),
 		Errors: e.errs.total.Load(), ConnFail: e.connFails.total.Load(),
+		Drained: e.drainedPhones.Load() + e.drainedBinaries.Load(),
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -70,6 +71,20 @@ func dialKind(err error) string {
 // ioKind names a socket error without its addresses.
 func ioKind(err error) string {
 	var ne net.Error
+	var (
+		verr *tls.CertificateVerificationError
+		rerr tls.RecordHeaderError
+		aerr tls.AlertError
+	)
+	switch {
+	// TLS first: a handshake's error may wrap a socket error too.
+	case errors.As(err, &verr):
+		return "tls_verify" // the certificate: --ca-file, or --insecure
+	case errors.As(err, &rerr):
+		return "tls_not_tls" // the other end does not speak TLS: ws:// instead?
+	case errors.As(err, &aerr):
+		return "tls_alert" // the terminator refused the handshake
+	}
 	switch {
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return "eof"

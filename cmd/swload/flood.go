@@ -140,7 +140,7 @@ func (f *flood) dial(serverID string, phone bool) (*wsclient.Client, error) {
 	if phone {
 		path = "/v1/client"
 	}
-	c, err := wsclient.Dial(f.cfg.Addr, wsclient.Options{Timeout: f.cfg.DialTimeout, Local: f.localAddr()}, wsclient.Request{Path: path, Header: f.headers(serverID, phone)})
+	c, err := wsclient.Dial(f.cfg.Addr, f.cfg.dialOptions(f.localAddr()), wsclient.Request{Path: path, Header: f.headers(serverID, phone)})
 	if err != nil {
 		return nil, err
 	}
@@ -298,7 +298,7 @@ func runFlood(ctx context.Context, cfg Config, stderr io.Writer) *Result {
 	f := newFlood(cfg)
 	f.start = time.Now()
 	f.phase.Store("connect")
-	res := &Result{Mode: modeFlood, Addr: cfg.Addr, Procs: 1, Size: cfg.Size}
+	res := &Result{Mode: modeFlood, Addr: cfg.target(), Procs: 1, Size: cfg.Size}
 	fr := &FloodResult{Scenario: cfg.Scenario, Flooders: cfg.Flooders, Size: cfg.Size,
 		RSS: RSSSummary{PID: cfg.RelayPID, CapBytes: cfg.MaxRSS}}
 	res.Flood = fr

@@ -37,6 +37,19 @@
 // Every phone frame is a JSON object of exactly --size bytes:
 // {"c":<phone id>,"p":"<padding>","s":<sequence>}.
 //
+// # Target
+//
+// --addr is host:port (plain WebSocket, the default 127.0.0.1:8080), or a
+// URL: ws://host[:port] the same, wss://host[:port] over TLS (port 443 by
+// default), for a relay behind a TLS terminator such as deploy/haproxy.cfg.
+// The URL's host is the TLS server name (SNI) and the name the certificate
+// must carry; the certificate is verified against the system roots, or
+// against --ca-file's PEM bundle (a self-signed or private CA). --insecure
+// skips verification altogether, and says so on stderr at the start. A
+// handshake that fails is a connect failure of its own kind: dial_tls_verify
+// (the certificate), dial_tls_not_tls (the other end speaks plain HTTP) or
+// dial_tls_alert.
+//
 // # Scale
 //
 // Sockets bind source addresses 127.0.0.2 … 127.0.0.(N+1) round-robin
@@ -92,9 +105,10 @@
 //
 // # Output
 //
-// Every second (--progress) a line on stderr: phase, live phones, connects,
-// round trips per second, errors, connect failures. At the end a table on
-// stdout and one machine-readable line:
+// Every second (--progress; 0 for none) a line on stderr: phase, live
+// phones, connects, round trips per second, errors, connect failures, and
+// drained connections once there are any. At the end a table on stdout and
+// one machine-readable line:
 //
 //	SWLOAD_RESULT {"mode":"active","phones":64,...,"throughput_per_s":…,"latency_us":{"p50":…,"p99":…,"p999":…},"errors":{},"connect_failures":{},…}
 //
@@ -107,6 +121,25 @@
 // swload's own CPU time (getrusage, itself plus its workers): on a small
 // machine the generator competes with the relay, so subtract it from the
 // machine's total to get the relay's CPU per round trip.
+//
+// When upgrades were refused 429 (http_429: the relay's per-IP upgrade rate
+// limit, on by default at a burst of 20, which `make run` keeps), one hint
+// line before the result says how many and to run the relay with
+// --rate-limit-burst 0 for local load tests, or to spread the sources.
+//
+// # Relay drains
+//
+// Binaries answer the relay's close frames at once (the code echoed, then
+// the socket closed), so a relay stopped under swload finishes its drain at
+// once instead of holding each binary for its --close-linger. A 1001 (going
+// away: the relay shutting down) is counted as drained, not as an error:
+// "drained" in the table and drained, drained_binaries and
+// drained_unanswered (messages drained phones had in flight, not counted
+// lost) in the result. A drain alone fails nothing, since the relay did
+// what it promises; what follows from it is counted where it happens (a
+// churn phone's redial refused, say). So a run whose relay drained exits 0
+// when nothing else went wrong; check drained in the result line where a
+// full window matters.
 //
 // Exit status: 0 clean, 1 when anything failed (errors, connect failures,
 // --timeout, a worker lost), 2 for bad flags, 130 when interrupted.
@@ -137,6 +170,9 @@
 //
 //	# connect/echo/close churn at 500 phones per second for 20 s
 //	/tmp/swload --mode churn --phones 64 --connect-rate 500 --duration 20s
+//
+//	# through TLS (deploy/haproxy.cfg in front), trusting a private CA
+//	/tmp/swload --addr wss://relay.example.com --ca-file ca.pem --mode idle --phones 1000 --hold 1m
 //
 //	# the goroutine-per-connection baseline relay, same load
 //	/tmp/swload --addr 127.0.0.1:8081 --mode active --phones 256 --inflight 16
@@ -203,6 +239,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "swload: %v\n", err)
 		return 2
 	}
+	return exitCode(res)
+}
+
+// exitCode is the status a finished run exits with. Connections the relay
+// drained (1001) are not failures and do not count (drain.go).
+func exitCode(res *Result) int {
 	switch {
 	case res.ErrorCount() > 0 || res.WorkerFailures > 0 || res.TimedOut || (res.Flood != nil && res.Flood.Failed()):
 		return 1

@@ -20,7 +20,11 @@ func (e *engine) holdIdle(p *phone) {
 			if e.stopping.Load() && isTimeout(err) {
 				break
 			}
-			e.errs.add("dropped_"+readKind(err, b), 1)
+			if isDrain(err, b) {
+				e.drainedPhone(0)
+			} else {
+				e.errs.add("dropped_"+readKind(err, b), 1)
+			}
 			p.finish(false)
 			return
 		}
@@ -73,10 +77,15 @@ func (e *engine) runActive(p *phone) {
 		}
 		op, b, err := p.c.ReadFrame()
 		if err != nil {
-			if !(e.stopping.Load() && isTimeout(err)) {
+			switch {
+			case isDrain(err, b):
+				e.drainedPhone(next - want)
+			case e.stopping.Load() && isTimeout(err):
+				e.errs.add("lost", int64(next-want))
+			default:
 				e.errs.add(readKind(err, b), 1)
+				e.errs.add("lost", int64(next-want))
 			}
-			e.errs.add("lost", int64(next-want))
 			p.finish(false)
 			return
 		}

@@ -143,6 +143,10 @@ func (o *openLoop) fail(err error, b []byte) {
 	<-o.exited
 	lost := int64(o.next.Load() - o.want.Load())
 	switch {
+	case isDrain(err, b):
+		e.drainedPhone(uint64(lost))
+		p.finish(false)
+		return
 	case o.failed.Load():
 		// The pacer's write error is counted; this read error follows from it.
 	case e.stopping.Load() && isTimeout(err):

@@ -36,6 +36,12 @@ func (e *engine) connectPhone(serverID string, id int64) *phone {
 			time.Sleep(time.Duration(20<<try) * time.Millisecond)
 			continue
 		}
+		if fail == "close_1001" {
+			// 101, then 1001: the relay began draining as this phone
+			// connected (drain.go).
+			e.drainedPhone(0)
+			return nil
+		}
 		e.connFails.add(fail, 1)
 		return nil
 	}
@@ -45,7 +51,7 @@ func (e *engine) connectPhone(serverID string, id int64) *phone {
 // failure's kind, or neither when the failure was an error (counted here).
 func (e *engine) tryPhone(serverID string, id int64) (*phone, string) {
 	t0 := time.Now()
-	c, err := wsclient.Dial(e.cfg.Addr, wsclient.Options{Timeout: e.cfg.DialTimeout, Local: e.localAddr()}, wsclient.Request{Path: "/v1/client", Header: e.headers(serverID, true, id)})
+	c, err := wsclient.Dial(e.cfg.Addr, e.cfg.dialOptions(e.localAddr()), wsclient.Request{Path: "/v1/client", Header: e.headers(serverID, true, id)})
 	if err != nil {
 		return nil, dialKind(err)
 	}

@@ -54,6 +54,10 @@ type Result struct {
 	Reencoded    int64 `json:"reencoded"`
 	Retries      int64 `json:"connect_retries"`
 
+	DrainedPhones   int64 `json:"drained_phones"`   // closed 1001 by the relay (drain.go)
+	DrainedBinaries int64 `json:"drained_binaries"` // the same, binaries
+	Unanswered      int64 `json:"drained_unanswered"`
+
 	CPUUserS float64 `json:"cpu_user_s"`
 	CPUSysS  float64 `json:"cpu_sys_s"`
 
@@ -66,7 +70,7 @@ type Result struct {
 
 // fill copies the engine's counters into r (after the run ended).
 func (r *Result) fill(e *engine) {
-	r.Addr = e.cfg.Addr
+	r.Addr = e.cfg.target()
 	r.RoundTrips = e.roundTrips.Load()
 	r.WindowRoundTrips = e.windowTrips.Load()
 	r.Latency = e.lat.snapshot()
@@ -85,6 +89,9 @@ func (r *Result) fill(e *engine) {
 	r.Echoed = e.echoed.Load()
 	r.Reencoded = e.reencoded.Load()
 	r.Retries = e.retries.Load()
+	r.DrainedPhones = e.drainedPhones.Load()
+	r.DrainedBinaries = e.drainedBinaries.Load()
+	r.Unanswered = e.unanswered.Load()
 	if r.ConnectPhaseS > 0 {
 		r.ConnectRatePerS = float64(r.ConnectsOK) / r.ConnectPhaseS
 	}
@@ -137,6 +144,9 @@ func (r *Result) merge(o *Result) {
 	r.Echoed += o.Echoed
 	r.Reencoded += o.Reencoded
 	r.Retries += o.Retries
+	r.DrainedPhones += o.DrainedPhones
+	r.DrainedBinaries += o.DrainedBinaries
+	r.Unanswered += o.Unanswered
 	r.Interrupted = r.Interrupted || o.Interrupted
 	r.TimedOut = r.TimedOut || o.TimedOut
 	r.WorkerFailures += o.WorkerFailures
@@ -230,6 +240,9 @@ type Summary struct {
 	PeakLive          int64            `json:"peak_live"`
 	LiveAtEndOfHold   int64            `json:"live_at_end_of_hold,omitempty"`
 	CloseNotices      int64            `json:"close_notices"`
+	Drained           int64            `json:"drained"`            // connections the relay closed with 1001 (shutting down), phones and binaries
+	DrainedBinaries   int64            `json:"drained_binaries"`   // of which binaries
+	DrainedUnanswered int64            `json:"drained_unanswered"` // messages drained phones had in flight
 	CPUUserS          float64          `json:"cpu_user_s"`
 	CPUSysS           float64          `json:"cpu_sys_s"`
 	CPUPerRoundTripUS float64          `json:"cpu_us_per_round_trip"`
@@ -254,7 +267,9 @@ func (r *Result) Summary() Summary {
 		ConnectRetries: r.Retries, Reencoded: r.Reencoded,
 		Cycles: r.Cycles, PeakLive: r.PeakLive, LiveAtEndOfHold: r.LiveAtEnd,
 		CloseNotices: r.CloseNotices,
-		CPUUserS:     round3(r.CPUUserS), CPUSysS: round3(r.CPUSysS),
+		Drained:      r.DrainedPhones + r.DrainedBinaries, DrainedBinaries: r.DrainedBinaries,
+		DrainedUnanswered: r.Unanswered,
+		CPUUserS:          round3(r.CPUUserS), CPUSysS: round3(r.CPUSysS),
 		Interrupted: r.Interrupted, TimedOut: r.TimedOut, WorkerFailures: r.WorkerFailures,
 		Flood: r.Flood,
 	}
@@ -317,6 +332,10 @@ func writeReport(w io.Writer, r *Result) {
 		row("re-encoded replies", "%d (equal as JSON, not byte for byte)", s.Reencoded)
 	}
 	row("close notices", "%d", s.CloseNotices)
+	if s.Drained > 0 {
+		row("drained", "%d connections closed 1001 by the relay shutting down (%d phones, %d binaries; %d messages unanswered): a drain, not an error",
+			s.Drained, s.Drained-s.DrainedBinaries, s.DrainedBinaries, s.DrainedUnanswered)
+	}
 	cpu := fmt.Sprintf("user %.2f s + sys %.2f s", s.CPUUserS, s.CPUSysS)
 	if s.CPUPerRoundTripUS > 0 {
 		cpu += fmt.Sprintf(" = %.1f µs per round trip", s.CPUPerRoundTripUS)
@@ -332,6 +351,7 @@ func writeReport(w io.Writer, r *Result) {
 		row("worker failures", "%d", s.WorkerFailures)
 	}
 	_ = tw.Flush()
+	writeRateLimitHint(w, s.ConnectFailures)
 	line, _ := json.Marshal(s)
 	fmt.Fprintf(w, "%s%s\n", ResultPrefix, line)
 }
@@ -368,6 +388,7 @@ type progress struct {
 	Cycles     int64  `json:"cycles"`
 	Errors     int64  `json:"errors"`
 	ConnFail   int64  `json:"conn_fail"`
+	Drained    int64  `json:"drained"`
 }
 
 func (p *progress) add(o progress) {
@@ -379,6 +400,7 @@ func (p *progress) add(o progress) {
 	p.Cycles += o.Cycles
 	p.Errors += o.Errors
 	p.ConnFail += o.ConnFail
+	p.Drained += o.Drained
 }
 
 // progressPrinter turns cumulative samples into the stderr line.
@@ -415,7 +437,11 @@ func (pp *progressPrinter) print(p progress) {
 	if p.Cycles > 0 {
 		fmt.Fprintf(pp.w, "  cycles/s %.0f", rate(p.Cycles, pp.lastCy))
 	}
-	fmt.Fprintf(pp.w, "  errors %d  connect-failures %d\n", p.Errors, p.ConnFail)
+	fmt.Fprintf(pp.w, "  errors %d  connect-failures %d", p.Errors, p.ConnFail)
+	if p.Drained > 0 {
+		fmt.Fprintf(pp.w, "  drained %d", p.Drained)
+	}
+	fmt.Fprintln(pp.w)
 	pp.last, pp.lastRT, pp.lastCy, pp.lastSent = now, p.RoundTrips, p.Cycles, p.Sends
 }
 
@@ -480,6 +506,7 @@ func writeFloodReport(w io.Writer, s Summary) {
 		row("ended", "hit --timeout")
 	}
 	_ = tw.Flush()
+	writeRateLimitHint(w, s.ConnectFailures)
 	line, _ := json.Marshal(s)
 	fmt.Fprintf(w, "%s%s\n", ResultPrefix, line)
 }

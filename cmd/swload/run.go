@@ -26,6 +26,9 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) (*Result, er
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if cfg.Insecure {
+		fmt.Fprintln(stderr, insecureWarning)
+	}
 	var res *Result
 	if cfg.Mode == modeFlood {
 		rctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
@@ -50,8 +53,12 @@ func Run(ctx context.Context, cfg Config, stdout, stderr io.Writer) (*Result, er
 	return res, nil
 }
 
-// everyTick calls f every d until the returned stop is called.
+// everyTick calls f every d until the returned stop is called; a d of zero
+// or less (--progress 0) never calls it.
 func everyTick(d time.Duration, f func()) (stop func()) {
+	if d <= 0 {
+		return func() {}
+	}
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -211,8 +218,13 @@ func runParent(ctx context.Context, cfg Config, stderr io.Writer) (*Result, erro
 		}
 		pp.print(sum)
 	}
-	tick := time.NewTicker(cfg.Progress)
-	defer tick.Stop()
+	quiet := cfg.Progress <= 0 // --progress 0: no progress lines
+	var tickC <-chan time.Time
+	if !quiet {
+		tick := time.NewTicker(cfg.Progress)
+		defer tick.Stop()
+		tickC = tick.C
+	}
 	ctxDone := ctx.Done()
 	var killAt <-chan time.Time
 	released := false
@@ -255,7 +267,7 @@ func runParent(ctx context.Context, cfg Config, stderr io.Writer) (*Result, erro
 				for _, o := range ws {
 					all = all && (o.fresh || o.done)
 				}
-				if all {
+				if all && !quiet {
 					printProgress()
 				}
 			case "ready":
@@ -263,7 +275,7 @@ func runParent(ctx context.Context, cfg Config, stderr io.Writer) (*Result, erro
 			case "result":
 				w.result = wm.Result
 			}
-		case <-tick.C:
+		case <-tickC:
 			if time.Since(pp.last) > 2*cfg.Progress-cfg.Progress/4 {
 				printProgress()
 			}
@@ -287,7 +299,7 @@ func runParent(ctx context.Context, cfg Config, stderr io.Writer) (*Result, erro
 		}
 	}
 
-	res := &Result{Mode: cfg.Mode, Addr: cfg.Addr, Inflight: cfg.Inflight, Size: cfg.Size, RateTarget: cfg.Rate}
+	res := &Result{Mode: cfg.Mode, Addr: cfg.target(), Inflight: cfg.Inflight, Size: cfg.Size, RateTarget: cfg.Rate}
 	for _, w := range ws {
 		if w.result == nil {
 			res.WorkerFailures++

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"net"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -70,6 +71,9 @@ func runQuick(t *testing.T, cfg Config) (*Result, Summary, string) {
 	}
 	if !strings.Contains(stderr.String(), "swload ") {
 		t.Errorf("no progress line on stderr")
+	}
+	if strings.Contains(stdout.String(), "hint: ") {
+		t.Errorf("a hint in a clean run")
 	}
 	if s.Mode != cfg.Mode || s.Procs != 1 {
 		t.Errorf("mode %q procs %d", s.Mode, s.Procs)
@@ -228,6 +232,8 @@ func TestWorkerProcesses(t *testing.T) {
 		{modeActive, []string{"--phones", "20", "--inflight", "2", "--duration", "1s", "--phones-per-binary", "4"}},
 		// Open loop: each worker paces its own phones on the shared schedule.
 		{modeActive, []string{"--phones", "20", "--rate", "1000", "--duration", "1s", "--phones-per-binary", "4"}},
+		// --progress 0 (after the 300ms below): neither workers nor parent print progress.
+		{modeIdle, []string{"--phones", "50", "--hold", "1s", "--connect-rate", "500", "--progress", "0"}},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -264,8 +270,9 @@ func TestWorkerProcesses(t *testing.T) {
 					t.Errorf("open loop over workers: target %g achieved %.1f, sends %d, round trips %d", s.RateTarget, s.RateAchieved, s.Sends, s.RoundTrips)
 				}
 			}
-			if !strings.Contains(stderr.String(), "live ") {
-				t.Errorf("no merged progress line")
+			quiet := slices.Contains(tc.args, "--progress")
+			if got := strings.Contains(stderr.String(), "live "); got == quiet {
+				t.Errorf("merged progress lines %v, want %v", got, !quiet)
 			}
 		})
 	}

@@ -12,6 +12,7 @@ import (
 	"bufio"
 	"crypto/rand"
 	"crypto/sha1"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -55,16 +56,25 @@ type Options struct {
 	Control func(network, address string, c syscall.RawConn) error
 	// ReadBufferSize is the reader's size; 4096 when zero.
 	ReadBufferSize int
+	// TLS, when non-nil, runs a TLS handshake over the TCP connection (a
+	// wss:// URL) before anything is sent; see dialTLS.
+	TLS *tls.Config
 }
 
 // DialTCP connects to addr (host:port) and sends nothing: the caller writes
 // the request, whole or in pieces, and reads the answer with ReadResponse or
-// ReadUpgrade.
+// ReadUpgrade. With o.TLS it completes the TLS handshake first, so Conn is
+// then a *tls.Conn.
 func DialTCP(addr string, o Options) (*Client, error) {
 	d := net.Dialer{Timeout: o.Timeout, LocalAddr: o.Local, Control: o.Control}
 	nc, err := d.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
+	}
+	if o.TLS != nil {
+		if nc, err = dialTLS(nc, addr, o); err != nil {
+			return nil, err
+		}
 	}
 	size := o.ReadBufferSize
 	if size <= 0 {
