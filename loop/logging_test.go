@@ -19,6 +19,7 @@ var logKeys = map[string]bool{
 	"role": true, "remote": true, "source": true, "reason": true, "code": true, "status": true,
 	"err": true, "server_id": true, "conn_id": true, "device": true, "reclaimed_phones": true,
 	"binaries": true, "phones": true, "still_open": true, "held_bytes": true, "budget_bytes": true,
+	"proxy": true, "away": true, "grace_period": true, "phones_dropped": true,
 }
 
 func TestLogsCarryNoSecretsAndOnlyKnownKeys(t *testing.T) {
