@@ -20,7 +20,7 @@ var logKeys = map[string]bool{
 	"role": true, "remote": true, "source": true, "reason": true, "code": true, "status": true,
 	"err": true, "server_id": true, "conn_id": true, "device": true, "reclaimed_phones": true,
 	"binaries": true, "phones": true, "still_open": true, "held_bytes": true, "budget_bytes": true,
-	"proxy": true, "away": true, "grace_period": true, "phones_dropped": true,
+	"proxy": true, "away": true, "grace_period": true, "phones_dropped": true, "claims_waiting": true, "after": true,
 }
 
 func TestLogsCarryNoSecretsAndOnlyKnownKeys(t *testing.T) {
