@@ -33,7 +33,7 @@ func (c *conn) proxyHeader(data []byte) int {
 	if err != nil {
 		c.readDone = true
 		c.srv.counters.Rejects[RejectBadProxyHeader].Add(1)
-		c.srv.log.Debug("request refused", "reason", RejectBadProxyHeader.String(), "remote", c.src, "err", err)
+		c.srv.log.Debug("request refused", "reason", RejectBadProxyHeader.String(), c.addrs(), "err", err)
 		c.closeSocket()
 		return 0
 	}
@@ -42,7 +42,7 @@ func (c *conn) proxyHeader(data []byte) int {
 	}
 	c.proxied = true
 	if src.IsValid() {
-		c.src = src
+		c.setSource(src)
 	} // LOCAL or UNSPEC: the socket's own address stands
 	return n
 }
@@ -53,7 +53,7 @@ func (c *conn) proxyHeader(data []byte) int {
 func (c *conn) admit(req *wsframe.Request) bool {
 	if c.srv.cfg.TrustXForwardedFor {
 		if a, ok := forwardedFor(req.Header("X-Forwarded-For")); ok {
-			c.src = a
+			c.setSource(a)
 		}
 	}
 	l := c.srv.limiter
@@ -104,23 +104,25 @@ func (c *conn) source() netip.Addr {
 }
 
 // forwardedFor parses the left-most address of an X-Forwarded-For value:
-// a bare IPv4 or IPv6 address, or either with a port ("[::1]:80").
-func forwardedFor(v []byte) (netip.Addr, bool) {
+// a bare IPv4 or IPv6 address (port 0 then), or either with a port
+// ("[::1]:80").
+func forwardedFor(v []byte) (netip.AddrPort, bool) {
 	if i := bytes.IndexByte(v, ','); i >= 0 {
 		v = v[:i]
 	}
 	v = bytes.Trim(v, " \t")
 	if len(v) == 0 || len(v) > 64 {
-		return netip.Addr{}, false
+		return netip.AddrPort{}, false
 	}
 	s := string(v)
+	var port uint16
 	a, err := netip.ParseAddr(s)
 	if err != nil {
 		ap, err := netip.ParseAddrPort(s)
 		if err != nil {
-			return netip.Addr{}, false
+			return netip.AddrPort{}, false
 		}
-		a = ap.Addr()
+		a, port = ap.Addr(), ap.Port()
 	}
-	return a.WithZone("").Unmap(), true
+	return netip.AddrPortFrom(a.WithZone("").Unmap(), port), true
 }

@@ -15,7 +15,7 @@ func (c *conn) binaryMessage(msg []byte) {
 	env := c.env
 	if err := env.Scan(msg); err != nil {
 		c.srv.counters.Drops[DropBadEnvelope].Add(1)
-		c.srv.log.Debug("envelope dropped", "remote", c.src, "err", err)
+		c.srv.log.Debug("envelope dropped", c.addrs(), "err", err)
 		return
 	}
 	if len(env.ConnID) == 0 { // Scan guarantees a push_wake object then
@@ -64,6 +64,8 @@ func (c *conn) releaseSlot() {
 	// them along to the heap on every departure. Empty moves allocate only
 	// when a hand-over fills them.
 	m, gen, held := c.srv.reg.Release(c.serverID, c, true, moves{})
+	log := c.srv.log
+	log.Info("binary left", "server_id", c.serverID, c.addrs())
 	switch {
 	case m.Winner != nil:
 		c.probeDue.Store(0)
@@ -71,6 +73,7 @@ func (c *conn) releaseSlot() {
 	case held:
 		c.graceGen = gen
 		c.setDeadline(&c.graceDue, c.wheelNow()+int64(c.srv.cfg.GracePeriod))
+		log.Info("grace started", "server_id", c.serverID, c.addrs(), "grace_period", c.srv.cfg.GracePeriod)
 	}
 }
 
@@ -86,4 +89,6 @@ func (c *conn) graceExpired() {
 	for _, p := range phones {
 		p.close(causeGraceExpired)
 	}
+	c.srv.log.Info("grace expired", "server_id", c.serverID, c.addrs(), "grace_period", c.srv.cfg.GracePeriod,
+		"phones_dropped", len(phones))
 }

@@ -118,7 +118,7 @@ func (b *memoryBudget) enforce() {
 		return
 	}
 	victim.srv.log.Warn("closing the largest buffer holder: memory budget reached",
-		"role", victim.role, "remote", victim.src, "held_bytes", most, "budget_bytes", b.limit)
+		"role", victim.role, victim.addrs(), "held_bytes", most, "budget_bytes", b.limit)
 	victim.close(causeMemoryBudget)
 	// A writer waiting on a full socket still holds the batch it took;
 	// it gives up now, so that memory comes back too (the close frame

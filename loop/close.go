@@ -268,7 +268,7 @@ func (c *conn) writeFailed(err error) {
 		return
 	}
 	if !c.state.closing.Load() {
-		c.srv.log.Debug("write failed", "role", c.role, "remote", c.src, "err", err)
+		c.srv.log.Debug("write failed", "role", c.role, c.addrs(), "err", err)
 	}
 	c.drop(causeWriteFailed)
 }

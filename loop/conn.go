@@ -1,6 +1,7 @@
 package loop
 
 import (
+	"log/slog"
 	"net/netip"
 	"sync/atomic"
 	"time"
@@ -29,6 +30,10 @@ func (r role) String() string {
 	}
 	return "none"
 }
+
+// LogValue makes both log formats print the role as its name: the JSON
+// handler would otherwise write the number.
+func (r role) LogValue() slog.Value { return slog.StringValue(r.String()) }
 
 // conn is the relay's state for one TCP connection. It doubles as the
 // context netpoll hands back to every callback, so finding it costs a type
@@ -61,11 +66,12 @@ type conn struct {
 	msgOp       ws.OpCode     // opcode of the message being reassembled
 	role        role
 	upgraded    bool
-	readDone    bool // input is discarded from here on
-	headOnly    bool // answering a HEAD request
-	proxied     bool // the PROXY header is consumed
-	detached    bool // phone: left the registry / binary: released its slot
-	claimQueued bool // binary: its claim was queued on a takeover probe (takeover.go)
+	readDone    bool   // input is discarded from here on
+	headOnly    bool   // answering a HEAD request
+	proxied     bool   // the PROXY header is consumed
+	detached    bool   // phone: left the registry / binary: released its slot
+	claimQueued bool   // binary: its claim was queued on a takeover probe (takeover.go)
+	srcPort     uint16 // src's port, for logs only (0: the forwarding header named none); fits the padding before state
 
 	// Shared: set by whichever goroutine decides the phone's fate.
 	state connState

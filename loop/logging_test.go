@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -19,6 +20,7 @@ var logKeys = map[string]bool{
 	"role": true, "remote": true, "source": true, "reason": true, "code": true, "status": true,
 	"err": true, "server_id": true, "conn_id": true, "device": true, "reclaimed_phones": true,
 	"binaries": true, "phones": true, "still_open": true, "held_bytes": true, "budget_bytes": true,
+	"proxy": true, "away": true, "grace_period": true, "phones_dropped": true, "claims_waiting": true, "after": true,
 }
 
 func TestLogsCarryNoSecretsAndOnlyKnownKeys(t *testing.T) {
@@ -69,5 +71,48 @@ func TestLogsCarryNoSecretsAndOnlyKnownKeys(t *testing.T) {
 				t.Errorf("unknown log key %q in %s", k, line)
 			}
 		}
+	}
+}
+
+// Behind a proxy that sets X-Forwarded-For (trusted), remote is the
+// forwarded client, port 0 where the header names none, and proxy the
+// socket peer; without a forwarding header remote is the peer and there is
+// no proxy key.
+func TestLogsNameTheForwardedClient(t *testing.T) {
+	var sink relaytest.LogSink
+	log := slog.New(slog.NewJSONHandler(&sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r := startRelay(t, loop.Config{Logger: log, TrustXForwardedFor: true})
+
+	h := binaryHeaders("fwd")
+	h.Set("X-Forwarded-For", "198.51.100.9, 10.0.0.1")
+	b := mustDial(t, r.Addr, "/v1/server", h)
+	p := mustDial(t, r.Addr, "/v1/client", phoneHeaders("fwd"))
+	roundTrip(t, p, b, `{"hi":1}`)
+
+	line := func(msg string) map[string]any {
+		t.Helper()
+		s, ok := sink.WaitLine(nil, testTimeout, func(l string) bool { return strings.Contains(l, `"msg":"`+msg+`"`) })
+		if !ok {
+			t.Fatalf("no %q line:\n%s", msg, sink.String())
+		}
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(s), &rec); err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	bin := line("binary connected")
+	if bin["remote"] != "198.51.100.9:0" {
+		t.Errorf("binary remote = %#v, want the forwarded client 198.51.100.9:0", bin["remote"])
+	}
+	if proxy, err := netip.ParseAddrPort(fmt.Sprint(bin["proxy"])); err != nil || !proxy.Addr().IsLoopback() {
+		t.Errorf("binary proxy = %#v, want the loopback socket peer", bin["proxy"])
+	}
+	ph := line("phone connected")
+	if remote, err := netip.ParseAddrPort(fmt.Sprint(ph["remote"])); err != nil || !remote.Addr().IsLoopback() || remote.Port() == 0 {
+		t.Errorf("phone remote = %#v, want its loopback socket peer with its port", ph["remote"])
+	}
+	if v, ok := ph["proxy"]; ok {
+		t.Errorf("phone with no forwarding header logged proxy %#v", v)
 	}
 }

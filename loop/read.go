@@ -171,7 +171,7 @@ func (c *conn) tooBig(h ws.Header) bool {
 }
 
 func (c *conn) protocolError(err error) {
-	c.srv.log.Debug("protocol error", "role", c.role, "remote", c.src, "err", err)
+	c.srv.log.Debug("protocol error", "role", c.role, c.addrs(), "err", err)
 	c.endRead(causeProtocol)
 }
 

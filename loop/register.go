@@ -15,6 +15,8 @@ func (c *conn) register(deviceName []byte) (decided bool) {
 	s := c.srv
 	if c.role == roleBinary {
 		var evictedRoom connScratch
+		// holder: the rival that keeps the slot on an error, else the
+		// departed binary whose grace window this claim reclaimed (or nil).
 		evicted, holder, first, err := s.reg.ClaimOrWait(c.serverID, c, evictedRoom[:0])
 		if err != nil {
 			c.claimQueued = true
@@ -28,7 +30,10 @@ func (c *conn) register(deviceName []byte) (decided bool) {
 		}
 		closeReclaimed(evicted)
 		c.countUpgrade(UpgradeAccept)
-		s.log.Info("binary connected", "server_id", c.serverID, "remote", c.src, "reclaimed_phones", len(evicted))
+		if holder != nil {
+			s.log.Info("grace reclaimed", "server_id", c.serverID, c.addrs(), "away", s.graceAway(holder))
+		}
+		s.log.Info("binary connected", "server_id", c.serverID, c.addrs(), "reclaimed_phones", len(evicted))
 		return true
 	}
 	connID, b, err := s.reg.AddPhone(c.serverID, c)
@@ -45,7 +50,7 @@ func (c *conn) register(deviceName []byte) (decided bool) {
 	}
 	c.connID, c.binary = connID, b
 	c.countUpgrade(UpgradeAccept)
-	s.log.Debug("phone connected", "conn_id", connID, "device", string(deviceName), "remote", c.src)
+	s.log.Debug("phone connected", "conn_id", connID, "device", string(deviceName), c.addrs())
 	return true
 }
 

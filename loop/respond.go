@@ -9,7 +9,7 @@ func (c *conn) reject(why RejectReason, status int, body string) {
 	if c.role != roleNone {
 		c.countUpgrade(rejectOutcome(why))
 	}
-	c.srv.log.Debug("request refused", "reason", why.String(), "status", status, "remote", c.src, "source", c.source())
+	c.srv.log.Debug("request refused", "reason", why.String(), "status", status, c.addrs(), "source", c.source())
 	extra := ""
 	if status == 426 {
 		extra = "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"

@@ -160,7 +160,8 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 		c.fd = int32(fd)
 	}
 	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
-		c.src = ta.AddrPort().Addr().Unmap()
+		ap := ta.AddrPort()
+		c.src, c.srcPort = ap.Addr().Unmap(), ap.Port()
 	}
 	c.out.init(c, s.cfg.PhoneOutboxBytes)
 	_ = nc.AddCloseCallback(c.onClosed)
@@ -181,5 +182,5 @@ func (s *Server) logClose(c *conn, why CloseReason, code uint16) {
 	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return
 	}
-	s.log.Debug("closing", "role", c.role, "reason", why.String(), "code", code, "remote", c.src)
+	s.log.Debug("closing", "role", c.role, "reason", why.String(), "code", code, c.addrs())
 }

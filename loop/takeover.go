@@ -73,7 +73,7 @@ func (s *Server) probeExpired(holder *conn) {
 func (s *Server) handedOver(w *conn, evicted, refused []*conn) {
 	s.counters.Takeovers.Add(1)
 	closeReclaimed(evicted)
-	s.log.Info("binary took over server-id", "server_id", w.serverID, "remote", w.src)
+	s.log.Info("binary took over server-id", "server_id", w.serverID, w.addrs())
 	w.countUpgrade(UpgradeAccept)
 	w.out.release()
 	w.startHeartbeat()

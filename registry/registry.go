@@ -83,8 +83,10 @@ func (r *Registry[B, P]) shard(serverID string) *shard[B, P] {
 
 // Claim records b as the holder of serverID. A slot waiting out its grace
 // window is reclaimed at once: its phones are appended to evicted for the
-// caller to close. When a live binary holds the slot, Claim returns that
-// holder and ErrClaimed and records nothing; ClaimOrWait queues b instead.
+// caller to close, and the departed binary whose window it was comes back
+// as holder (the zero B when the slot was free). When a live binary holds
+// the slot, Claim returns that holder and ErrClaimed and records nothing;
+// ClaimOrWait queues b instead.
 func (r *Registry[B, P]) Claim(serverID string, b B, evicted []P) ([]P, B, error) {
 	evicted, holder, _, err := r.claim(serverID, b, false, evicted)
 	return evicted, holder, err
@@ -116,11 +118,12 @@ func (r *Registry[B, P]) claim(serverID string, b B, wait bool, evicted []P) (_ 
 		return evicted, sl.binary, probe, ErrClaimed
 	default: // reclaim within grace
 		evicted = sl.takePhones(r, evicted)
+		holder = sl.binary
 		sl.binary, sl.live = b, true
 		sl.gen++
 	}
 	r.binaries.Add(1)
-	return evicted, b, false, nil
+	return evicted, holder, false, nil
 }
 
 // Keep answers the claimants waiting on holder: it is alive and keeps

@@ -65,8 +65,8 @@ func TestClaim(t *testing.T) {
 	}
 	sentinel := &conn{"already in evicted"}
 	ev, h, err := r.Claim("s", b1, []*conn{sentinel})
-	if err != nil || h != b1 || len(ev) != 1 || ev[0] != sentinel {
-		t.Fatalf("first claim = %v, %v, %v", ev, h, err)
+	if err != nil || h != nil || len(ev) != 1 || ev[0] != sentinel {
+		t.Fatalf("first claim = %v, %v, %v; want no previous holder", ev, h, err)
 	}
 	ev, h, err = r.Claim("s", b2, []*conn{sentinel})
 	if !errors.Is(err, ErrClaimed) || h != b1 || len(ev) != 1 || ev[0] != sentinel {
@@ -588,7 +588,7 @@ func TestConcurrent(t *testing.T) {
 // order with their conn_ids.
 func withPhones(t *testing.T, r *reg, serverID string, b *conn, n int) (ps []*conn, ids []string) {
 	t.Helper()
-	if ev, h, err := r.Claim(serverID, b, nil); err != nil || h != b || len(ev) != 0 {
+	if ev, h, err := r.Claim(serverID, b, nil); err != nil || h != nil || len(ev) != 0 {
 		t.Fatalf("Claim(%s, %s) = %v, %v, %v", serverID, b.name, ev, h, err)
 	}
 	for i := 0; i < n; i++ {
@@ -695,8 +695,8 @@ func TestGraceReclaim(t *testing.T) {
 	// back appended for the caller to close.
 	sentinel := &conn{"already in evicted"}
 	ev, h, err := r.Claim("s", b2, []*conn{sentinel})
-	if err != nil || h != b2 {
-		t.Fatalf("reclaim = %v, %v; want b2, nil", h, err)
+	if err != nil || h != b1 {
+		t.Fatalf("reclaim = %v, %v; want b1 (whose grace window it was), nil", h, err)
 	}
 	if len(ev) == 0 || ev[0] != sentinel {
 		t.Fatalf("reclaim dropped what was in evicted: %v", ev)
@@ -745,7 +745,7 @@ func TestGraceReclaim(t *testing.T) {
 		t.Fatalf("RemovePhone during grace = %v, phones %d", got, r.Phones())
 	}
 	ev, h, err = r.Claim("s", b3, nil)
-	if err != nil || h != b3 || len(ev) != 0 {
+	if err != nil || h != b2 || len(ev) != 0 {
 		t.Fatalf("reclaim of an empty grace slot = %v, %v, %v", ev, h, err)
 	}
 	if r.Binaries() != 1 || r.Phones() != 0 {
@@ -1112,7 +1112,7 @@ func TestWithdraw(t *testing.T) {
 		}
 		// The next claimant reclaims at once instead of waiting.
 		w2 := &conn{"w2"}
-		if ev, got, probe, err := r.ClaimOrWait("s", w2, nil); err != nil || got != w2 || probe || len(ev) != 1 {
+		if ev, got, probe, err := r.ClaimOrWait("s", w2, nil); err != nil || got != h || probe || len(ev) != 1 {
 			t.Fatalf("reclaim = %v, %v, %v, %v", ev, got, probe, err)
 		}
 	})
@@ -1131,7 +1131,7 @@ func TestWithdraw(t *testing.T) {
 			t.Fatal("winner's Release did not hold grace")
 		}
 		w2 := &conn{"w2"}
-		if _, got, _, err := r.ClaimOrWait("s", w2, nil); err != nil || got != w2 {
+		if _, got, _, err := r.ClaimOrWait("s", w2, nil); err != nil || got != w {
 			t.Fatalf("claim after the winner left = %v, %v", got, err)
 		}
 	})
@@ -1149,7 +1149,7 @@ func TestClaimOrWaitVersusRelease(t *testing.T) {
 	if _, _, held := r.Release("s", h, true, moves{}); !held {
 		t.Fatal("no grace")
 	}
-	if _, got, probe, err := r.ClaimOrWait("s", w, nil); err != nil || got != w || probe {
+	if _, got, probe, err := r.ClaimOrWait("s", w, nil); err != nil || got != h || probe {
 		t.Fatalf("ClaimOrWait after the holder left = %v, %v, %v", got, probe, err)
 	}
 	if got := r.TakeWaiting(nil); len(got) != 0 {

@@ -13,9 +13,11 @@ import (
 // control: the text handler quotes values with spaces, quotes or control
 // bytes, the JSON handler escapes them. Which keys the relay logs is a
 // closed set, listed in docs/operations.md; none carries a token, a header
-// set or a frame payload.
+// set or a frame payload. A key has the same type in both formats: the
+// JSON handler alone would write durations as integer nanoseconds, so
+// every duration is written as text ("1.5s"), as the text handler does.
 func newLogger(w io.Writer, format string, level slog.Level) (*slog.Logger, error) {
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationsAsText}
 	switch format {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, opts)), nil
@@ -23,6 +25,14 @@ func newLogger(w io.Writer, format string, level slog.Level) (*slog.Logger, erro
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("invalid log-format %q: want text or json", format)
+}
+
+// durationsAsText writes a duration as time.Duration.String does.
+func durationsAsText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 // capNetBindService is the one capability a production relay may hold.

@@ -45,30 +45,31 @@ var (
 )
 
 // ParseV2 parses the PROXY v2 header at the start of b. It returns the
-// header's length n and the source address it names, or n == 0 and no error
-// when b is a valid prefix that needs more bytes. src is the zero Addr when
+// header's length n and the source address and port it names, or n == 0 and
+// no error when b is a valid prefix that needs more bytes. src is the zero
+// AddrPort (its Addr not valid) when
 // the header says to use the socket's own address (the LOCAL command, or
 // PROXY with the UNSPEC family). Every check is made as soon as the bytes it
 // needs are present: a connection that does not start with the signature is
 // refused on its first byte.
-func ParseV2(b []byte) (src netip.Addr, n int, err error) {
+func ParseV2(b []byte) (src netip.AddrPort, n int, err error) {
 	sig := min(len(b), proxySigLen)
 	if string(b[:sig]) != string(proxySig[:sig]) {
-		return netip.Addr{}, 0, ErrSignature
+		return netip.AddrPort{}, 0, ErrSignature
 	}
 	if len(b) <= proxySigLen {
-		return netip.Addr{}, 0, nil
+		return netip.AddrPort{}, 0, nil
 	}
 	verCmd := b[12]
 	if verCmd>>4 != 2 {
-		return netip.Addr{}, 0, ErrVersion
+		return netip.AddrPort{}, 0, ErrVersion
 	}
 	cmd := verCmd & 0x0f
 	if cmd != proxyCmdLocal && cmd != proxyCmdProxy {
-		return netip.Addr{}, 0, ErrCommand
+		return netip.AddrPort{}, 0, ErrCommand
 	}
 	if len(b) < 14 {
-		return netip.Addr{}, 0, nil
+		return netip.AddrPort{}, 0, nil
 	}
 	fam := b[13]
 	need := 0 // address bytes the family requires
@@ -80,28 +81,28 @@ func ParseV2(b []byte) (src netip.Addr, n int, err error) {
 		case proxyTCP6:
 			need = 36
 		default:
-			return netip.Addr{}, 0, ErrFamily
+			return netip.AddrPort{}, 0, ErrFamily
 		}
 	} // LOCAL: the family and any addresses are ignored (spec 2.2)
 	if len(b) < proxyFixedLen {
-		return netip.Addr{}, 0, nil
+		return netip.AddrPort{}, 0, nil
 	}
 	total := proxyFixedLen + int(binary.BigEndian.Uint16(b[14:16]))
 	if total > maxProxyHeader {
-		return netip.Addr{}, 0, ErrTooLong
+		return netip.AddrPort{}, 0, ErrTooLong
 	}
 	if total-proxyFixedLen < need {
-		return netip.Addr{}, 0, ErrTooShort
+		return netip.AddrPort{}, 0, ErrTooShort
 	}
 	if len(b) < total {
-		return netip.Addr{}, 0, nil
+		return netip.AddrPort{}, 0, nil
 	}
 	if cmd == proxyCmdProxy {
 		switch fam {
 		case proxyTCP4:
-			src = netip.AddrFrom4([4]byte(b[16:20]))
+			src = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[16:20])), binary.BigEndian.Uint16(b[24:26]))
 		case proxyTCP6:
-			src = netip.AddrFrom16([16]byte(b[16:32])).Unmap()
+			src = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[16:32])).Unmap(), binary.BigEndian.Uint16(b[48:50]))
 		}
 	}
 	return src, total, nil

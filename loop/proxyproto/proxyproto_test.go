@@ -35,17 +35,17 @@ func TestParseProxyV2Valid(t *testing.T) {
 	cases := []struct {
 		name string
 		in   []byte
-		src  string // "" = use the socket's address
+		src  string // "ip:port"; "" = use the socket's address
 	}{
-		{"tcp4", proxyV2(0x21, proxyTCP4, tcp4Body("203.0.113.7", "10.0.0.1", 50000, 443)), "203.0.113.7"},
-		{"tcp4 with tlv", proxyV2(0x21, proxyTCP4, append(tcp4Body("198.51.100.1", "10.0.0.1", 1, 2), tlv...)), "198.51.100.1"},
-		{"tcp6", proxyV2(0x21, proxyTCP6, tcp6Body("2001:db8::42", "2001:db8::1", 50000, 443)), "2001:db8::42"},
-		{"tcp6 v4-mapped", proxyV2(0x21, proxyTCP6, tcp6Body("::ffff:192.0.2.9", "::1", 1, 2)), "192.0.2.9"},
+		{"tcp4", proxyV2(0x21, proxyTCP4, tcp4Body("203.0.113.7", "10.0.0.1", 50000, 443)), "203.0.113.7:50000"},
+		{"tcp4 with tlv", proxyV2(0x21, proxyTCP4, append(tcp4Body("198.51.100.1", "10.0.0.1", 1, 2), tlv...)), "198.51.100.1:1"},
+		{"tcp6", proxyV2(0x21, proxyTCP6, tcp6Body("2001:db8::42", "2001:db8::1", 50000, 443)), "[2001:db8::42]:50000"},
+		{"tcp6 v4-mapped", proxyV2(0x21, proxyTCP6, tcp6Body("::ffff:192.0.2.9", "::1", 1, 2)), "192.0.2.9:1"},
 		{"local", proxyV2(0x20, proxyUnspec, nil), ""},
 		{"local ignores family and addresses", proxyV2(0x20, 0x31, make([]byte, 216)), ""},
 		{"proxy unspec", proxyV2(0x21, proxyUnspec, nil), ""},
 		{"proxy unspec with bytes", proxyV2(0x21, proxyUnspec, []byte{1, 2, 3}), ""},
-		{"longest", proxyV2(0x21, proxyTCP4, append(tcp4Body("192.0.2.1", "192.0.2.2", 1, 2), make([]byte, maxProxyHeader-16-12)...)), "192.0.2.1"},
+		{"longest", proxyV2(0x21, proxyTCP4, append(tcp4Body("192.0.2.1", "192.0.2.2", 1, 2), make([]byte, maxProxyHeader-16-12)...)), "192.0.2.1:1"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -58,7 +58,7 @@ func TestParseProxyV2Valid(t *testing.T) {
 				if src.IsValid() {
 					t.Fatalf("src %v, want none (socket address)", src)
 				}
-			} else if src != netip.MustParseAddr(tc.src) {
+			} else if src != netip.MustParseAddrPort(tc.src) {
 				t.Fatalf("src %v, want %s", src, tc.src)
 			}
 			// Every strict prefix asks for more.
@@ -163,7 +163,7 @@ func FuzzParseProxyV2(f *testing.F) {
 			if n < proxyFixedLen || n > len(b) || n > maxProxyHeader {
 				t.Fatalf("n=%d out of bounds (len %d)", n, len(b))
 			}
-			if src.IsValid() && src.Zone() != "" {
+			if src.IsValid() && src.Addr().Zone() != "" {
 				t.Fatalf("src with a zone: %v", src)
 			}
 			src2, n2, err2 := ParseV2(b[:n])
