@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -19,8 +20,15 @@ const adminReadHeaderTimeout = 5 * time.Second
 func adminHandler(srv *loop.Server, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		// Written whole into memory first: a scrape is a few tens of KiB,
+		// and an error then answers 500 instead of a truncated 200.
+		var b bytes.Buffer
+		if err := writeAdminMetrics(&b, srv); err != nil {
+			http.Error(w, "metrics unavailable", http.StatusInternalServerError)
+			return
+		}
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		_ = srv.WriteMetrics(w)
+		_, _ = w.Write(b.Bytes())
 	})
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
