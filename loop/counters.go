@@ -242,6 +242,9 @@ type Counters struct {
 	DirectReadBytes   atomic.Uint64                  // bytes the relay read itself from paused sockets
 	PausedNow         atomic.Int64                   // sockets paused right now
 	Parks             atomic.Uint64                  // phones that stopped reading until their binary's outbox drained
+
+	outboxWait  histogram               // per frame: push to the start of its writev (latency.go)
+	upgradeTime [numEndpoints]histogram // per attempt: head's first byte to its 101 or refusal written
 }
 
 // Drop returns how many frames were dropped for reason r.
