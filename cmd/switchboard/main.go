@@ -29,6 +29,8 @@ type options struct {
 	listen     string
 	admin      string
 	pprof      bool
+	adminTLS   [2]string // --admin-tls-cert-file, --admin-tls-key-file
+	adminAuth  string    // --admin-basic-auth-file
 	cfg        loop.Config
 	showVer    bool
 	logLvl     string
@@ -101,13 +103,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if opts.admin != "" {
-		addr, stop, err := serveAdmin(opts.admin, srv, opts.pprof)
+		admin, err := loadAdmin(adminConfig{addr: opts.admin, pprof: opts.pprof,
+			tlsCertFile: opts.adminTLS[0], tlsKeyFile: opts.adminTLS[1], basicAuthFile: opts.adminAuth})
+		if err != nil {
+			fmt.Fprintf(stderr, "switchboard: %v\n", err)
+			return 2
+		}
+		addr, stop, err := admin.serve(srv)
 		if err != nil {
 			fmt.Fprintf(stderr, "switchboard: admin listen: %v\n", err)
 			return 1
 		}
 		defer stop()
-		log.Info("admin listening", "addr", addr.String(), "pprof", opts.pprof)
+		log.Info("admin listening", "addr", addr.String(), "pprof", opts.pprof, "tls", admin.tls != nil, "basic_auth", admin.auth != nil)
 	}
 	cfg := srv.Config()
 	log.Info("listening", "addr", ln.Addr().String(), "version", version,
@@ -180,6 +188,9 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.fcmToken, "fcm-token-url", "", "OAuth2 token endpoint for the FCM key (default: the key's token_uri)")
 	fs.StringVar(&o.admin, "admin-listen", "127.0.0.1:9412", "admin listener for operator endpoints (/metrics, pprof); empty disables it")
 	fs.BoolVar(&o.pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on the admin listener")
+	fs.StringVar(&o.adminTLS[0], "admin-tls-cert-file", "", "PEM certificate (chain) for the admin listener; with --admin-tls-key-file it serves HTTPS")
+	fs.StringVar(&o.adminTLS[1], "admin-tls-key-file", "", "PEM private key for --admin-tls-cert-file")
+	fs.StringVar(&o.adminAuth, "admin-basic-auth-file", "", "file of user:bcrypt-hash lines, read at start; the admin listener then requires HTTP basic auth (401 otherwise)")
 	fs.StringVar(&o.logLvl, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFmt, "log-format", "text", "log format: text (logfmt) or json")
 	fs.BoolVar(&o.production, "production", false, "refuse to start as root or with capabilities beyond binding low ports")
