@@ -243,6 +243,9 @@ type Counters struct {
 	PausedNow         atomic.Int64                   // sockets paused right now
 	Parks             atomic.Uint64                  // phones that stopped reading until their binary's outbox drained
 	RateLimitExempt   atomic.Uint64                  // upgrade attempts the per-IP limit let through because their source is exempt
+
+	outboxWait  histogram               // per frame: push to the start of its writev (latency.go)
+	upgradeTime [numEndpoints]histogram // per attempt: head's first byte to its 101 or refusal written
 }
 
 // Drop returns how many frames were dropped for reason r.

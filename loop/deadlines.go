@@ -27,7 +27,7 @@ type deadlines struct {
 	lingerDue atomic.Int64 // the peer's answer to our close is due
 	graceDue  atomic.Int64 // departed binary: its slot's grace window ends
 	lifeDue   atomic.Int64 // binary: its connection lifetime ends (BinaryMaxLifetime)
-	graceGen  uint64       // departed binary: which window (set before grace is booked)
+	graceGen  uint64       // departed binary: which window (set before grace is booked); before the upgrade: when the head began (latency.go)
 	gone      atomic.Bool  // socket closed: only the grace deadline still matters
 }
 

@@ -329,7 +329,7 @@ func (fc *fakeConn) queuedFrames() int {
 	if fc.c.out.queue == nil {
 		return 0
 	}
-	return len(*fc.c.out.queue)
+	return len(fc.c.out.queue.frames)
 }
 
 // waitIdle waits for the outbox to be written out and its writer gone, so

@@ -23,6 +23,7 @@ func (c *conn) handshake(data []byte) int {
 		}
 		return n + c.handshake(data[n:])
 	}
+	c.noteHeadStart()
 	limit := c.srv.cfg.MaxRequestHeaderBytes
 	end := wsframe.HeaderEnd(data)
 	if end < 0 || end > limit {
@@ -162,6 +163,6 @@ func (c *conn) accept(key []byte) {
 	b.B = append(b.B, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
 	b.B = append(b.B, accept[:]...)
 	b.B = append(b.B, "\r\n\r\n"...)
-	c.out.pushHeld(b) // written once register has decided: see handshake
+	c.out.pushHeld(b, c.takeUpgradeStamp()) // written once register has decided: see handshake
 	c.srv.counters.UpgradesAccepted.Add(1)
 }

@@ -108,6 +108,12 @@ func (s *Server) WriteMetrics(w io.Writer) error {
 	m.value("", c.WriteWaits.Load())
 	m.family("switchboard_rate_limit_exempt_total", "counter", "Upgrade attempts the per-IP rate limit did not count because their source is in --rate-limit-exempt.")
 	m.value("", c.RateLimitExempt.Load())
+	m.family("switchboard_outbox_wait_seconds", "histogram", "Time a frame waited in its outbox, from its push to the start of the write that carried it (latency.go has why these buckets).")
+	m.histogram("", outboxWaitBounds, &c.outboxWait)
+	m.family("switchboard_upgrade_duration_seconds", "histogram", "Time from the first byte of a request head on /v1/server or /v1/client to its 101 or refusal being written, by endpoint.")
+	for e, endpoint := range endpointNames {
+		m.histogram(`endpoint="`+endpoint+`"`, upgradeBounds, &c.upgradeTime[e])
+	}
 	m.family("switchboard_takeover_probes_total", "counter", "Duplicate claims that pinged the holder.")
 	m.value("", c.TakeoverProbes.Load())
 	m.family("switchboard_takeovers_total", "counter", "Takeover probes the holder did not answer: the server-id moved.")

@@ -8,22 +8,29 @@ import (
 	"strings"
 	"testing"
 
+	"switchboard/internal/promtext"
 	"switchboard/loop"
 )
 
-var sampleLine = regexp.MustCompile(`^([a-z_]+)(\{[a-z_]+="[a-z0-9_]+"(,[a-z_]+="[a-z0-9_]+")*\})? ([0-9]+)$`)
+var sampleLine = regexp.MustCompile(`^([a-z_]+)(\{(?:[a-z_]+="[a-z0-9_]+",)*(?:(le)="(?:[0-9.e+-]+|\+Inf)"|[a-z_]+="[a-z0-9_]+")\})? ([0-9.e+-]+)$`)
 
 // scrape parses the relay's exposition strictly enough to catch a broken
 // format: every family has one HELP and one TYPE before its samples, and
-// every sample is name{labels} value with label values from fixed sets.
+// every sample is name{labels} value with label values from fixed sets
+// (plus a histogram bucket's le). internal/promtext then checks what a
+// Prometheus server checks: no family split or repeated, buckets cumulative.
+// Values are kept as integers: a histogram's _sum is the only fraction.
 func scrape(t *testing.T, r *relay) map[string]uint64 {
 	t.Helper()
 	var buf bytes.Buffer
 	if err := r.WriteMetrics(&buf); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := promtext.Parse(buf.String()); err != nil {
+		t.Fatalf("exposition refused: %v", err)
+	}
 	samples := map[string]uint64{}
-	helped, typed := map[string]bool{}, map[string]bool{}
+	helped, typed, histograms := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for _, line := range strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n") {
 		switch {
 		case strings.HasPrefix(line, "# HELP "):
@@ -34,10 +41,11 @@ func scrape(t *testing.T, r *relay) map[string]uint64 {
 			helped[name] = true
 		case strings.HasPrefix(line, "# TYPE "):
 			f := strings.Fields(line)
-			if typed[f[2]] || (f[3] != "counter" && f[3] != "gauge") {
+			if typed[f[2]] || (f[3] != "counter" && f[3] != "gauge" && f[3] != "histogram") {
 				t.Fatalf("bad TYPE line %q", line)
 			}
 			typed[f[2]] = true
+			histograms[f[2]] = f[3] == "histogram"
 			if f[3] == "counter" != strings.HasSuffix(f[2], "_total") {
 				t.Fatalf("counter naming: %q", line)
 			}
@@ -46,11 +54,23 @@ func scrape(t *testing.T, r *relay) map[string]uint64 {
 			if m == nil {
 				t.Fatalf("bad sample line %q", line)
 			}
-			if !helped[m[1]] || !typed[m[1]] {
+			family := m[1]
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				if base, ok := strings.CutSuffix(m[1], suffix); ok && histograms[base] {
+					family = base
+				}
+			}
+			if !helped[family] || !typed[family] {
 				t.Fatalf("sample before its HELP/TYPE: %q", line)
 			}
-			v, _ := strconv.ParseUint(m[4], 10, 64)
-			samples[m[1]+m[2]] = v
+			if (m[3] != "") != strings.HasSuffix(m[1], "_bucket") {
+				t.Fatalf("le label on a sample other than a bucket, or a bucket without: %q", line)
+			}
+			v, err := strconv.ParseFloat(m[4], 64)
+			if err != nil {
+				t.Fatalf("bad value in %q", line)
+			}
+			samples[m[1]+m[2]] = uint64(v)
 		}
 	}
 	return samples

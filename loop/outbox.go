@@ -20,8 +20,8 @@ type outbox struct {
 	fanIn bool   // many goroutines push here: a binary's outbox
 
 	mu      sync.Mutex
-	queue   *[]*bytebufferpool.ByteBuffer // frames to write; nil while there are none (queues.go)
-	charged int                           // queued + being written, each frame at len + OutboxItemOverhead
+	queue   *frameQueue // frames to write; nil while there are none
+	charged int         // queued + being written, each frame at len + OutboxItemOverhead
 	running bool
 	heavy   bool // charged passed heavyOutboxBytes once: a memory budget candidate (budget.go)
 	parked  bool // binary: phones wait for this outbox to drain (congestion.go)
@@ -73,6 +73,7 @@ const noBudget = -1
 // the caller knows what b was and counts it under its reason.
 func (o *outbox) push(b *bytebufferpool.ByteBuffer, slack int) pushResult {
 	cost := len(b.B) + OutboxItemOverhead
+	at := monoNow() // before the lock: pushers to a binary contend for it
 	o.mu.Lock()
 	if o.state != outboxOpen {
 		o.mu.Unlock()
@@ -85,7 +86,7 @@ func (o *outbox) push(b *bytebufferpool.ByteBuffer, slack int) pushResult {
 		return pushOverflow
 	}
 	congested := o.charged+cost > o.limit/congestedAbove
-	o.enqueueLocked(b, cost)
+	o.enqueueLocked(b, cost, at, upgradeStamp{})
 	if congested {
 		return pushedCongested
 	}
@@ -97,6 +98,13 @@ func (o *outbox) push(b *bytebufferpool.ByteBuffer, slack int) pushResult {
 // frames still queued are dropped first. It reports false when a final frame
 // was already queued or the socket is gone, and then frees b.
 func (o *outbox) pushFinal(b *bytebufferpool.ByteBuffer, after afterWrite, discard bool) bool {
+	return o.pushFinalStamped(b, after, discard, upgradeStamp{})
+}
+
+// pushFinalStamped is pushFinal for a refusal that ends an upgrade attempt:
+// its writer times the attempt once the refusal is written (latency.go).
+func (o *outbox) pushFinalStamped(b *bytebufferpool.ByteBuffer, after afterWrite, discard bool, up upgradeStamp) bool {
+	at := monoNow()
 	o.mu.Lock()
 	if o.state != outboxOpen {
 		o.mu.Unlock()
@@ -107,13 +115,17 @@ func (o *outbox) pushFinal(b *bytebufferpool.ByteBuffer, after afterWrite, disca
 		o.dropQueuedLocked()
 	}
 	o.state, o.after = outboxClosing, after
-	o.enqueueLocked(b, len(b.B)+OutboxItemOverhead)
+	o.enqueueLocked(b, len(b.B)+OutboxItemOverhead, at, up)
 	return true
 }
 
-// enqueueLocked appends b, starts the writer if none runs, and unlocks o.mu.
-func (o *outbox) enqueueLocked(b *bytebufferpool.ByteBuffer, cost int) {
-	o.appendLocked(b)
+// enqueueLocked appends b, queued at at, starts the writer if none runs,
+// and unlocks o.mu.
+func (o *outbox) enqueueLocked(b *bytebufferpool.ByteBuffer, cost int, at int64, up upgradeStamp) {
+	o.appendLocked(b, at)
+	if up.began != 0 {
+		o.queue.upgrade = up
+	}
 	o.charged += cost
 	start := !o.running
 	o.running = true
@@ -140,10 +152,12 @@ func (o *outbox) enqueueLocked(b *bytebufferpool.ByteBuffer, cost int) {
 // goroutines push meanwhile queue behind it and start no writer either, and
 // nothing is written until release. The handshake uses it so the registry
 // decision is made before the 101 can reach the client.
-func (o *outbox) pushHeld(b *bytebufferpool.ByteBuffer) {
+func (o *outbox) pushHeld(b *bytebufferpool.ByteBuffer, up upgradeStamp) {
 	cost := len(b.B) + OutboxItemOverhead
+	at := monoNow()
 	o.mu.Lock()
-	o.appendLocked(b)
+	o.appendLocked(b, at)
+	o.queue.upgrade = up // the 101 is the first frame: its write ends the upgrade
 	o.charged += cost
 	o.running = true // the writer release starts
 	o.held = true
@@ -162,7 +176,7 @@ func (o *outbox) dropQueuedLocked() {
 	if o.queue == nil {
 		return
 	}
-	q := *o.queue
+	q := o.queue.frames
 	keep := 0
 	if o.held {
 		keep = 1
@@ -178,8 +192,9 @@ func (o *outbox) dropQueuedLocked() {
 		o.c.srv.counters.OutboxBytesQueued.Add(-int64(freed))
 		o.c.srv.counters.Drops[DropDiscardedOnClose].Add(uint64(n))
 	}
-	*o.queue = q[:min(keep, len(q))]
-	if len(*o.queue) == 0 {
+	o.queue.frames = q[:min(keep, len(q))]
+	o.queue.queuedAt = o.queue.queuedAt[:len(o.queue.frames)]
+	if len(o.queue.frames) == 0 {
 		putQueue(o.queue)
 		o.queue = nil
 	}
@@ -205,32 +220,56 @@ func (o *outbox) close() (heavy, parked bool) {
 	return heavy, parked
 }
 
-// An outbox holds a queue slice only while it has frames queued: the
-// writer takes the whole slice and returns it here once written. An idle
-// connection therefore keeps one nil pointer instead of two slice headers
-// and their backing arrays.
-var queuePool = sync.Pool{New: func() any { return new([]*bytebufferpool.ByteBuffer) }}
+// frameQueue is what an outbox holds while it has frames queued: the
+// frames, and for each when it was queued (switchboard_outbox_wait_seconds).
+// The writer takes the whole queue and returns it here once written. An idle
+// connection therefore keeps one nil pointer, and the timestamps cost
+// nothing on it: they live in the pooled queue, not in conn.
+type frameQueue struct {
+	frames   []*bytebufferpool.ByteBuffer
+	queuedAt []int64      // monoNow at each frame's push, parallel to frames
+	upgrade  upgradeStamp // frames[0] is the 101 or refusal that ends an upgrade attempt
+
+	// Room for the first queueInline frames and their times in the queue
+	// itself: a queue new from the pool is one allocation, not three that
+	// then grow step by step as frames arrive.
+	frameRoom [queueInline]*bytebufferpool.ByteBuffer
+	atRoom    [queueInline]int64
+}
+
+// queueInline covers a whole flush in the common cases: BenchmarkRelay
+// measures about 2 frames per flush at 1 message in flight per phone and
+// about 17 at 16, the latter on binaries' outboxes; past it the slices grow
+// on the heap as before. 16 keeps the queue in the 320-byte size class.
+const queueInline = 16
+
+var queuePool = sync.Pool{New: func() any {
+	q := new(frameQueue)
+	q.frames, q.queuedAt = q.frameRoom[:0], q.atRoom[:0]
+	return q
+}}
 
 // maxPooledQueue is the largest queue capacity put back in the pool: a
 // backlog of small frames can grow a queue to many thousands of entries,
 // and the pool should not keep that size for ever.
 const maxPooledQueue = 1024
 
-// appendLocked queues b, taking a queue slice from the pool if the outbox
-// has none. o.mu must be held.
-func (o *outbox) appendLocked(b *bytebufferpool.ByteBuffer) {
+// appendLocked queues b, pushed at at, taking a queue from the pool if the
+// outbox has none. o.mu must be held.
+func (o *outbox) appendLocked(b *bytebufferpool.ByteBuffer, at int64) {
 	if o.queue == nil {
-		o.queue = queuePool.Get().(*[]*bytebufferpool.ByteBuffer)
+		o.queue = queuePool.Get().(*frameQueue)
 	}
-	*o.queue = append(*o.queue, b)
+	o.queue.frames = append(o.queue.frames, b)
+	o.queue.queuedAt = append(o.queue.queuedAt, at)
 }
 
 // putQueue returns q, whose frames the caller has already released.
-func putQueue(q *[]*bytebufferpool.ByteBuffer) {
-	if cap(*q) > maxPooledQueue {
+func putQueue(q *frameQueue) {
+	if cap(q.frames) > maxPooledQueue {
 		return
 	}
-	clear(*q)
-	*q = (*q)[:0]
+	clear(q.frames)
+	q.frames, q.queuedAt, q.upgrade = q.frames[:0], q.queuedAt[:0], upgradeStamp{}
 	queuePool.Put(q)
 }

@@ -56,11 +56,15 @@ func (c *conn) register(deviceName []byte) (decided bool) {
 
 // countUpgrade records what became of this connection's upgrade attempt.
 func (c *conn) countUpgrade(o UpgradeOutcome) {
-	endpoint := EndpointServer
+	c.srv.counters.Upgrades[c.endpoint()][o].Add(1)
+}
+
+// endpoint is the upgrade path this connection asked for (role set).
+func (c *conn) endpoint() Endpoint {
 	if c.role == rolePhone {
-		endpoint = EndpointClient
+		return EndpointClient
 	}
-	c.srv.counters.Upgrades[endpoint][o].Add(1)
+	return EndpointServer
 }
 
 // connScratch is stack room for the connections one registry call hands

@@ -43,7 +43,7 @@ func (c *conn) respond(status int, extraHeaders, contentType string, body []byte
 	// a handshake_timeout for a request already counted as refused.
 	c.headDue.Store(0)
 	c.state.closing.Store(true)
-	c.out.pushFinal(b, lingerClose, false)
+	c.out.pushFinalStamped(b, lingerClose, false, c.takeUpgradeStamp())
 }
 
 func statusText(status int) string {

@@ -15,3 +15,13 @@ func TestConnStaysInItsSizeClass(t *testing.T) {
 		t.Fatalf("conn is %d bytes, past the %d-byte size class measured in docs/performance.md", got, sizeClass)
 	}
 }
+
+// A pooled outbox queue exists only while frames are queued, but then one
+// per busy connection; its inline room (queueInline) is sized to stay in
+// the same 320-byte class.
+func TestFrameQueueStaysInItsSizeClass(t *testing.T) {
+	const sizeClass = 320
+	if got := unsafe.Sizeof(frameQueue{}); got > sizeClass {
+		t.Fatalf("frameQueue is %d bytes, past the %d-byte size class; shrink queueInline", got, sizeClass)
+	}
+}

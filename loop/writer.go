@@ -21,7 +21,7 @@ func (o *outbox) drain() {
 		// A/B rounds, no overlap). With nothing else runnable it returns at
 		// once; a writer that starts with several frames does not yield.
 		o.mu.Lock()
-		lone := o.queue != nil && len(*o.queue) == 1
+		lone := o.queue != nil && len(o.queue.frames) == 1
 		o.mu.Unlock()
 		if lone {
 			runtime.Gosched()
@@ -45,8 +45,12 @@ func (o *outbox) drain() {
 		o.held = false
 		o.mu.Unlock()
 
-		batch := *q
+		batch := q.frames
+		start := monoNow()
 		cost, unsent, err := o.write(batch)
+		if err == nil {
+			o.c.srv.counters.observeFlush(q, start)
+		}
 		o.c.srv.counters.Flushes.Add(1)
 		o.c.srv.counters.FramesFlushed.Add(uint64(len(batch)))
 		for _, b := range batch {
@@ -146,7 +150,7 @@ func (o *outbox) writeFinalNow(b *bytebufferpool.ByteBuffer) bool {
 		return true
 	}
 	b.B = b.B[:copy(b.B, b.B[n:])]
-	o.appendLocked(b)
+	o.appendLocked(b, monoNow())
 	o.charged += len(b.B) + OutboxItemOverhead
 	o.mu.Unlock()
 	o.c.srv.counters.OutboxBytesQueued.Add(int64(len(b.B) + OutboxItemOverhead))

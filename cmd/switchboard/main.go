@@ -28,6 +28,8 @@ type options struct {
 	listen     string
 	admin      string
 	pprof      bool
+	adminTLS   [2]string // --admin-tls-cert-file, --admin-tls-key-file
+	adminAuth  string    // --admin-basic-auth-file
 	cfg        loop.Config
 	showVer    bool
 	logLvl     string
@@ -107,13 +109,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if opts.admin != "" {
-		addr, stop, err := serveAdmin(opts.admin, srv, opts.pprof)
+		admin, err := loadAdmin(adminConfig{addr: opts.admin, pprof: opts.pprof,
+			tlsCertFile: opts.adminTLS[0], tlsKeyFile: opts.adminTLS[1], basicAuthFile: opts.adminAuth})
+		if err != nil {
+			fmt.Fprintf(stderr, "switchboard: %v\n", err)
+			return 2
+		}
+		addr, stop, err := admin.serve(srv)
 		if err != nil {
 			fmt.Fprintf(stderr, "switchboard: admin listen: %v\n", err)
 			return 1
 		}
 		defer stop()
-		log.Info("admin listening", "addr", addr.String(), "pprof", opts.pprof)
+		log.Info("admin listening", "addr", addr.String(), "pprof", opts.pprof, "tls", admin.tls != nil, "basic_auth", admin.auth != nil)
 	}
 	cfg := srv.Config()
 	log.Info("listening", "addr", ln.Addr().String(), "version", version,
