@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -280,11 +281,28 @@ backend relays
     option httpchk
     http-check send meth GET uri /healthz ver HTTP/1.1 hdr Host relay
     http-check expect status 200
-    server node1 unix@%s send-proxy-v2 check inter 200ms fall 1 rise 1 id 1
+    default-server send-proxy-v2 check inter 200ms fall 1 rise 1
+%s
 `
 
+// shippedUnixServer is deploy/haproxy.cfg's commented unix@ server line,
+// uncommented, with path for the shipped socket path, and checks that the
+// shipped default-server sends PROXY v2 to it.
+func shippedUnixServer(t *testing.T, path string) string {
+	t.Helper()
+	cfg := readFile(t, haproxyCfgFile)
+	m := regexp.MustCompile(`(?m)^\s*#\s*(server \S+ unix@)(/run/switchboard/relay\.sock)( .*)$`).FindStringSubmatch(cfg)
+	if m == nil {
+		t.Fatalf("%s: no commented `server … unix@/run/switchboard/relay.sock` line", haproxyCfgFile)
+	}
+	if !regexp.MustCompile(`(?m)^\s*default-server .*\bsend-proxy-v2\b`).MatchString(cfg) {
+		t.Fatalf("%s: the default-server line does not send PROXY v2", haproxyCfgFile)
+	}
+	return "    " + m[1] + path + m[3]
+}
+
 // HAProxy in front of a relay on the same box over a unix socket with
-// send-proxy-v2 (deploy/haproxy.cfg, the commented unix@ line): the health
+// send-proxy-v2 (deploy/haproxy.cfg's commented unix@ line): the health
 // check (PROXY LOCAL) passes, a binary and a phone pair through it, and
 // the relay logs the client's TCP address as remote, proxy=unix.
 func TestUnixSocketBehindHAProxy(t *testing.T) {
@@ -298,7 +316,7 @@ func TestUnixSocketBehindHAProxy(t *testing.T) {
 
 	fe := relaytest.FreeAddr(t)
 	cfgPath := filepath.Join(dir, "haproxy.cfg")
-	if err := os.WriteFile(cfgPath, fmt.Appendf(nil, unixHAProxyConfig, fe, path), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, fmt.Appendf(nil, unixHAProxyConfig, fe, shippedUnixServer(t, path)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	hp := relaytest.Exec(t, relaytest.Command{Path: hap, Args: []string{"-f", cfgPath, "-db"}})
