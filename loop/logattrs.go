@@ -12,9 +12,14 @@ import (
 //
 //   - remote: the client as "ip:port": the PROXY v2 header's source, or a
 //     trusted X-Forwarded-For (port 0 when the header names none), else
-//     the socket peer.
+//     the socket peer (127.0.0.1:0 for a unix socket's, see unixPeer).
 //   - proxy: the socket peer as "ip:port", only when remote came from one
-//     of those headers: the load balancer the client came through.
+//     of those headers: the load balancer the client came through. On a
+//     unix socket, whose peer has no address, always "unix".
+
+// proxyUnix is the proxy attribute of a connection that came over a unix
+// socket.
+const proxyUnix = "unix"
 
 // addrs is the remote (and proxy) attributes of c's log lines. Its empty
 // key makes slog inline them; they are worked out only when a line is
@@ -26,25 +31,22 @@ type connAddrs struct{ c *conn }
 func (a connAddrs) LogValue() slog.Value {
 	c := a.c
 	remote := netip.AddrPortFrom(c.src, c.srcPort)
-	peer, ok := c.peer()
-	if !ok || peer == remote {
-		return slog.GroupValue(slog.String("remote", remote.String()))
-	}
-	return slog.GroupValue(slog.String("remote", remote.String()), slog.String("proxy", peer.String()))
-}
-
-// peer is the socket's remote address. netpoll keeps it after the socket
-// has closed, so a departed binary's grace lines still have it.
-func (c *conn) peer() (netip.AddrPort, bool) {
+	remoteAttr := slog.String("remote", remote.String())
 	if c.nc == nil {
-		return netip.AddrPort{}, false
+		return slog.GroupValue(remoteAttr)
 	}
-	ta, ok := c.nc.RemoteAddr().(*net.TCPAddr)
-	if !ok {
-		return netip.AddrPort{}, false
+	// netpoll keeps the peer's address after the socket has closed, so a
+	// departed binary's grace lines still have it.
+	switch ra := c.nc.RemoteAddr().(type) {
+	case *net.TCPAddr:
+		ap := ra.AddrPort()
+		if peer := netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()); peer != remote {
+			return slog.GroupValue(remoteAttr, slog.String("proxy", peer.String()))
+		}
+	case *net.UnixAddr:
+		return slog.GroupValue(remoteAttr, slog.String("proxy", proxyUnix))
 	}
-	ap := ta.AddrPort()
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
+	return slog.GroupValue(remoteAttr)
 }
 
 // setSource records the client's address as a PROXY header or a trusted

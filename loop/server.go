@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -136,7 +137,9 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Serve accepts connections on ln until Shutdown. It blocks.
+// Serve accepts connections on ln until Shutdown. It blocks. ln is a TCP
+// or a unix listener; on a unix one every client's address must come from
+// a PROXY header (Config.ProxyProtocol), since the socket has none.
 func (s *Server) Serve(ln net.Listener) error { return s.evl.Serve(ln) }
 
 // Counters exposes the relay's running tallies.
@@ -159,15 +162,26 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	if fd, ok := socketFD(nc); ok {
 		c.fd = int32(fd)
 	}
-	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
-		ap := ta.AddrPort()
+	switch ra := nc.RemoteAddr().(type) {
+	case *net.TCPAddr:
+		ap := ra.AddrPort()
 		c.src, c.srcPort = ap.Addr().Unmap(), ap.Port()
+	case *net.UnixAddr:
+		c.src = unixPeer
 	}
 	c.out.init(c, s.cfg.PhoneOutboxBytes)
 	_ = nc.AddCloseCallback(c.onClosed)
 	c.setDeadline(&c.headDue, c.wheelNow()+int64(s.cfg.HandshakeTimeout))
 	return c
 }
+
+// unixPeer is the address a unix socket's peer stands as until a PROXY
+// header names the client: the peer is on this box, as a balancer
+// connecting over loopback TCP would be. A LOCAL header (HAProxy's health
+// checks) leaves it, so those share one rate-limit bucket, as they do over
+// TCP from one balancer address (docs/deployment.md, "Balancer and relay
+// on one box: a unix socket").
+var unixPeer = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 
 // socketFD is the descriptor under nc, or false where netpoll gives none.
 func socketFD(nc netpoll.Connection) (int, bool) {

@@ -50,7 +50,7 @@ func parseFlags(args, environ []string, help io.Writer) (*options, error) {
 	if err := applyEnvironment(fs, environ); err != nil {
 		return nil, err
 	}
-	if err := checkListenAddr("listen", o.listen); err != nil {
+	if err := checkMainListen(o.listen, o.cfg.ProxyProtocol); err != nil {
 		return nil, err
 	}
 	if o.admin != "" {
@@ -111,6 +111,24 @@ func checkListenAddr(flagName, addr string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("invalid --%s %q: want host:port, e.g. :8080 or 127.0.0.1:9412 (%v)", flagName, addr, err)
+	}
+	return nil
+}
+
+// checkMainListen checks --listen: host:port, or unix:/path with
+// --proxy-protocol. A unix socket's peer has no address, so without the
+// PROXY header every phone would share one rate-limit bucket and every log
+// line the same remote.
+func checkMainListen(addr string, proxyProtocol bool) error {
+	path, ok := unixPath(addr)
+	if !ok {
+		return checkListenAddr("listen", addr)
+	}
+	if err := checkUnixPath(path); err != nil {
+		return err
+	}
+	if !proxyProtocol {
+		return fmt.Errorf("--listen %s needs --proxy-protocol: a unix socket carries no client address, so the balancer must send it in a PROXY v2 header (HAProxy send-proxy-v2)", addr)
 	}
 	return nil
 }
@@ -194,7 +212,7 @@ func (l prefixList) Set(v string) error {
 // newFlagSet declares every flag, writing into o.
 func newFlagSet(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("switchboard", flag.ContinueOnError)
-	fs.StringVar(&o.listen, "listen", ":8080", "main listener address (WebSocket endpoints and /healthz)")
+	fs.StringVar(&o.listen, "listen", ":8080", "main listener address (WebSocket endpoints and /healthz): host:port, or unix:/path for a balancer on the same box (needs --proxy-protocol)")
 	fs.IntVar(&o.cfg.MaxConnections, "max-connections", loop.DefaultMaxConnections(),
 		"live WebSocket connections allowed, binaries and phones together; beyond it upgrades get 503 (default: open-file limit minus headroom)")
 	fs.IntVar(&o.cfg.PhonesPerServer, "phones-per-server", loop.DefaultPhonesPerServer, "phones per server-id; one more is closed 4429")

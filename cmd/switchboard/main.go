@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -101,13 +100,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "switchboard: %v\n", err)
 		return 2
 	}
-	// A well-formed address that cannot be bound (in use, not ours) exits
-	// 1, not 2: the port may come free, so systemd should try again.
-	ln, err := net.Listen("tcp", opts.listen)
+	// A well-formed address that cannot be bound (in use, not ours, a
+	// socket file a live relay holds) exits 1, not 2: the port may come
+	// free, so systemd should try again.
+	ln, err := listen(opts.listen)
 	if err != nil {
 		fmt.Fprintf(stderr, "switchboard: listen: %v\n", err)
 		return 1
 	}
+	// Shutdown closes it; this covers the exits before that. Closing a unix
+	// listener removes its socket file.
+	defer ln.Close()
 	if opts.admin != "" {
 		admin, err := loadAdmin(adminConfig{addr: opts.admin, pprof: opts.pprof,
 			tlsCertFile: opts.adminTLS[0], tlsKeyFile: opts.adminTLS[1], basicAuthFile: opts.adminAuth})
@@ -124,7 +127,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		log.Info("admin listening", "addr", addr.String(), "pprof", opts.pprof, "tls", admin.tls != nil, "basic_auth", admin.auth != nil)
 	}
 	cfg := srv.Config()
-	log.Info("listening", "addr", ln.Addr().String(), "version", version,
+	log.Info("listening", "addr", listenAddr(ln), "version", version,
 		"max_connections", cfg.MaxConnections, "phones_per_server", cfg.PhonesPerServer,
 		"max_message_bytes", cfg.MaxMessageBytes, "max_input_buffer_bytes", cfg.MaxInputBufferBytes,
 		"memory_budget_bytes", cfg.MemoryBudgetBytes, "rate_limit_burst", cfg.RateLimitBurst,
