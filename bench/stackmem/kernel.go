@@ -15,6 +15,7 @@ import (
 type kernelSnap struct {
 	slab, sunreclaim int64            // /proc/meminfo, bytes
 	caches           map[string]int64 // /proc/slabinfo: active objects × object size, bytes
+	objSize          map[string]int64 // /proc/slabinfo: object size
 	tcpInuse         int64            // /proc/net/sockstat TCP inuse
 	tcpTW            int64            // TIME_WAIT sockets (others' churn)
 	socketsUsed      int64            // every socket, unix ones included
@@ -84,7 +85,7 @@ func readKernel() (kernelSnap, error) {
 	if k.sunreclaim, err = meminfo("SUnreclaim"); err != nil {
 		return k, err
 	}
-	if k.caches, err = slabinfo(); err != nil {
+	if k.caches, k.objSize, err = slabinfo(); err != nil {
 		return k, err
 	}
 	b, err := os.ReadFile("/proc/net/sockstat")
@@ -131,13 +132,13 @@ func meminfo(key string) (int64, error) {
 
 // slabinfo reads /proc/slabinfo (root only). Without it the per-cache
 // split is missing but the meminfo totals still stand.
-func slabinfo() (map[string]int64, error) {
+func slabinfo() (bytes, objSize map[string]int64, err error) {
 	f, err := os.Open("/proc/slabinfo")
 	if err != nil {
-		return map[string]int64{}, nil
+		return map[string]int64{}, map[string]int64{}, nil
 	}
 	defer f.Close()
-	m := map[string]int64{}
+	m, sizes := map[string]int64{}, map[string]int64{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fs := strings.Fields(sc.Text())
@@ -147,8 +148,9 @@ func slabinfo() (map[string]int64, error) {
 		active, _ := strconv.ParseInt(fs[1], 10, 64)
 		size, _ := strconv.ParseInt(fs[3], 10, 64)
 		m[fs[0]] += active * size
+		sizes[fs[0]] = size
 	}
-	return m, sc.Err()
+	return m, sizes, sc.Err()
 }
 
 // vmRSS is a process's resident set in bytes.

@@ -27,7 +27,7 @@ const (
 	warmups = 32
 	// settleSamples consecutive equal readings, settleEvery apart, count
 	// as settled: the connections are up and nothing is still growing.
-	settleSamples = 4
+	settleSamples = 3
 	settleEvery   = 500 * time.Millisecond
 	// settleMax bounds the wait for that.
 	settleMax = 20 * time.Second
@@ -77,6 +77,9 @@ type sample struct {
 	UnixSpecific   int64 `json:"unix_caches_delta"`
 	Caches         map[string]int64
 	LargeRoundTrip int64 `json:"large_round_trips"` // -1: not checked
+	// KernelClean: the TCP sockets added are the count this run opened, so
+	// no other process moved the machine-wide kernel figures much.
+	KernelClean bool `json:"kernel_clean"`
 }
 
 func (c config) expectedTCP(conns int64) int64 {
@@ -93,6 +96,8 @@ func measure(c config, bins binaries, logf func(string, ...any)) (s sample, err 
 		return s, err
 	}
 	st := &stack{cfg: c, dir: dir}
+	t0 := time.Now()
+	defer func() { logf("run took %v", time.Since(t0).Round(time.Millisecond)) }()
 	defer func() {
 		st.load.stop(syscall.SIGINT, 30*time.Second)
 		st.hap.stop(syscall.SIGTERM, 5*time.Second)
@@ -114,6 +119,7 @@ func measure(c config, bins binaries, logf func(string, ...any)) (s sample, err 
 	if err := st.settle(nil); err != nil {
 		return s, err
 	}
+	logf("stack up after %v", time.Since(t0).Round(time.Millisecond))
 	k0, h0, r0, u0, err := st.read()
 	if err != nil {
 		return s, err
@@ -144,6 +150,7 @@ func measure(c config, bins binaries, logf func(string, ...any)) (s sample, err 
 	if err := st.settle(st.load); err != nil {
 		return s, err
 	}
+	logf("connected and settled after %v", time.Since(t0).Round(time.Millisecond))
 	k1, h1, r1, u1, err := st.read()
 	if err != nil {
 		return s, err
@@ -176,8 +183,17 @@ func measure(c config, bins binaries, logf func(string, ...any)) (s sample, err 
 			s.SocketSlab += d
 		}
 	}
-	if want := c.expectedTCP(s.Conns); abs(s.TCPAdded-want) > want/100+2 {
-		logf("WARNING: %d TCP sockets added, %d expected: other processes are opening or closing sockets, so the kernel figures are polluted; rerun", s.TCPAdded, want)
+	// Clean when the TCP sockets added are the count this run opened and
+	// the TCP cache grew by about one object for each: other processes'
+	// sockets coming and going break one or the other.
+	want := c.expectedTCP(s.Conns)
+	tcpName := slabName("TCP", k1.caches)
+	perTCP := float64(s.Caches[tcpName]) / float64(max(s.TCPAdded, 1))
+	size := float64(k1.objSize[tcpName])
+	s.KernelClean = abs(s.TCPAdded-want) <= want/100+2 && (size == 0 || (perTCP > 0.9*size && perTCP < 1.1*size))
+	if !s.KernelClean {
+		logf("WARNING: %d TCP sockets added (%d expected), TCP slab grew %.0f bytes per socket (object size %.0f): other processes are opening or closing sockets, so the kernel figures are polluted; rerun",
+			s.TCPAdded, want, perTCP, size)
 	}
 	s.LargeRoundTrip = -1
 	if c.large {
@@ -333,22 +349,24 @@ func (st *stack) connected() (phones, bins int64, err error) {
 	return h.Phones, h.Binaries, nil
 }
 
-// settle waits until HAProxy's RSS and the TCP socket count stop moving.
+// settle waits until HAProxy's and the relay's RSS stop moving. Not the
+// kernel's counts: they are machine-wide, and another process's churn
+// would keep them moving.
 func (st *stack) settle(load *proc) error {
 	deadline := time.Now().Add(settleMax)
 	var last [2]int64
 	same := 0
 	for same < settleSamples {
 		time.Sleep(settleEvery) // what is being waited for is growth stopping
-		k, err := readKernel()
-		if err != nil {
-			return err
-		}
 		h, err := vmRSS(st.hap.pid())
 		if err != nil {
 			return err
 		}
-		if cur := [2]int64{h, k.tcpInuse}; cur == last {
+		r, err := vmRSS(st.relay.pid())
+		if err != nil {
+			return err
+		}
+		if cur := [2]int64{h, r}; cur == last {
 			same++
 		} else {
 			last, same = cur, 1
@@ -357,7 +375,7 @@ func (st *stack) settle(load *proc) error {
 			return load.failure()
 		}
 		if time.Now().After(deadline) {
-			return nil // something else on the box keeps moving; the socket check will say so
+			return nil // still growing slowly; the figures say what they saw
 		}
 	}
 	return nil
