@@ -14,6 +14,8 @@ import (
 // is a fourth.
 const productionSockets = 3
 
+const totalRow = "total per phone (HAProxy+kernel+relay RSS)"
+
 // minCacheShown hides slab caches that moved less than this many bytes per
 // socket: noise from the rest of the box.
 const minCacheShown = 8
@@ -74,42 +76,56 @@ func median(v []float64) float64 {
 }
 
 // row is one line of the table: its name and a figure from each run.
+// A kernel row's median is over the runs whose kernel figures are clean
+// (no other process's sockets came and went), or over all when none is.
 type row struct {
-	name string
-	get  func(figures) float64
+	name   string
+	get    func(figures) float64
+	kernel bool
 }
 
 func report(w io.Writer, c config, tlsLib string, samples []sample) {
 	figs := make([]figures, len(samples))
+	var clean []int
 	for i, s := range samples {
 		figs[i] = derive(c, s)
+		if s.KernelClean {
+			clean = append(clean, i)
+		}
+	}
+	if len(clean) == 0 {
+		for i := range samples {
+			clean = append(clean, i)
+		}
+		fmt.Fprintf(w, "WARNING: no run's kernel figures are clean (other sockets came and went): they are noise, rerun on a quiet box\n")
 	}
 	rows := []row{
-		{"HAProxy RSS per connection", func(f figures) float64 { return f.HAProxy }},
-		{"kernel per TCP socket (socket caches)", func(f figures) float64 { return f.TCPSocket }},
+		{"HAProxy RSS per connection", func(f figures) float64 { return f.HAProxy }, false},
+		{"kernel per TCP socket (socket caches)", func(f figures) float64 { return f.TCPSocket }, true},
 	}
 	if c.unix {
-		rows = append(rows, row{"kernel per unix socket (socket caches)", func(f figures) float64 { return f.UnixSocket }})
+		rows = append(rows, row{"kernel per unix socket (socket caches)", func(f figures) float64 { return f.UnixSocket }, true})
 	}
 	kname := "kernel per phone (3 TCP sockets)"
 	if c.unix {
 		kname = "kernel per phone (1 TCP + unix pair)"
 	}
 	rows = append(rows,
-		row{kname, func(f figures) float64 { return f.KernelPerPhone }},
-		row{"relay RSS per connection", func(f figures) float64 { return f.RelayRSS }},
-		row{"relay user memory per conn", func(f figures) float64 { return f.RelayUser }},
-		row{"total per phone (HAProxy+kernel+relay RSS)", func(f figures) float64 { return f.TotalPerPhone }},
-		row{"meminfo Slab per socket (all caches)", func(f figures) float64 { return f.SlabPerSocket }},
-		row{"loopback slab per connection", func(f figures) float64 { return f.SlabPerConn }},
-		row{"loopback SUnreclaim per connection", func(f figures) float64 { return f.SUnrPerConn }},
-		row{"sockets added per connection", func(f figures) float64 { return f.SocketsPerConn }},
+		row{kname, func(f figures) float64 { return f.KernelPerPhone }, true},
+		row{"relay RSS per connection", func(f figures) float64 { return f.RelayRSS }, false},
+		row{"relay user memory per conn", func(f figures) float64 { return f.RelayUser }, false},
+		row{totalRow, func(f figures) float64 { return f.TotalPerPhone }, true},
+		row{"meminfo Slab per socket (all caches)", func(f figures) float64 { return f.SlabPerSocket }, true},
+		row{"loopback slab per connection", func(f figures) float64 { return f.SlabPerConn }, true},
+		row{"loopback SUnreclaim per connection", func(f figures) float64 { return f.SUnrPerConn }, true},
+		row{"sockets added per connection", func(f figures) float64 { return f.SocketsPerConn }, true},
 	)
 	fmt.Fprintf(w, "stackmem: %d phones + %d binaries = %d connections, %s; HAProxy %s\n",
 		c.phones, c.conns()-c.phones, c.conns(), modeName(c), tlsLib)
 	if len(c.global) > 0 {
 		fmt.Fprintf(w, "HAProxy global additions: %s\n", strings.Join(c.global, "; "))
 	}
+	fmt.Fprintf(w, "kernel medians over %d of %d runs\n", len(clean), len(samples))
 	fmt.Fprintf(w, "%-44s %10s", "bytes", "median")
 	for i := range figs {
 		fmt.Fprintf(w, " %9s", fmt.Sprintf("run%d", i+1))
@@ -118,10 +134,23 @@ func report(w io.Writer, c config, tlsLib string, samples []sample) {
 	med := map[string]float64{}
 	for _, r := range rows {
 		v := make([]float64, len(figs))
+		var m []float64
 		for i, f := range figs {
 			v[i] = r.get(f)
 		}
-		med[r.name] = median(v)
+		if r.kernel {
+			for _, i := range clean {
+				m = append(m, v[i])
+			}
+		} else {
+			m = v
+		}
+		med[r.name] = median(m)
+		if r.name == totalRow {
+			// The sum of the parts' medians, not the median of sums over
+			// a different set of runs.
+			med[r.name] = med[rows[0].name] + med[kname] + med["relay RSS per connection"]
+		}
 		fmt.Fprintf(w, "%-44s %10.0f", r.name, med[r.name])
 		for _, x := range v {
 			fmt.Fprintf(w, " %9.0f", x)
@@ -137,9 +166,9 @@ func report(w io.Writer, c config, tlsLib string, samples []sample) {
 	}
 	caches := map[string]float64{}
 	for n := range names {
-		v := make([]float64, len(figs))
-		for i, f := range figs {
-			v[i] = f.Caches[n]
+		var v []float64
+		for _, i := range clean {
+			v = append(v, figs[i].Caches[n])
 		}
 		if m := median(v); m >= minCacheShown || m <= -minCacheShown {
 			caches[n] = m
@@ -171,9 +200,9 @@ func report(w io.Writer, c config, tlsLib string, samples []sample) {
 		Runs       []figures          `json:"runs"`
 		RawSamples []sample           `json:"samples"`
 	}{c.phones, c.conns(), c.unix, c.global, tlsLib, figures{
-		HAProxy: med[rows[0].name], TCPSocket: med[rows[1].name], UnixSocket: medOf(figs, func(f figures) float64 { return f.UnixSocket }),
+		HAProxy: med[rows[0].name], TCPSocket: med[rows[1].name], UnixSocket: medOf(figs, clean, func(f figures) float64 { return f.UnixSocket }),
 		KernelPerPhone: med[kname], RelayRSS: med["relay RSS per connection"], RelayUser: med["relay user memory per conn"],
-		TotalPerPhone: med["total per phone (HAProxy+kernel+relay RSS)"], SlabPerConn: med["loopback slab per connection"],
+		TotalPerPhone: med[totalRow], SlabPerConn: med["loopback slab per connection"],
 		SUnrPerConn: med["loopback SUnreclaim per connection"], SlabPerSocket: med["meminfo Slab per socket (all caches)"], SocketsPerConn: med["sockets added per connection"],
 	}, caches, figs, samples}
 	for i := range out.Runs {
@@ -183,10 +212,10 @@ func report(w io.Writer, c config, tlsLib string, samples []sample) {
 	fmt.Fprintf(w, "STACKMEM_RESULT %s\n", b)
 }
 
-func medOf(figs []figures, get func(figures) float64) float64 {
-	v := make([]float64, len(figs))
-	for i, f := range figs {
-		v[i] = get(f)
+func medOf(figs []figures, clean []int, get func(figures) float64) float64 {
+	var v []float64
+	for _, i := range clean {
+		v = append(v, get(figs[i]))
 	}
 	return median(v)
 }
