@@ -1,23 +1,18 @@
 package loop
 
 import (
-	"sync"
-
 	"switchboard/envelope"
 	"switchboard/wsframe"
 )
-
-// envPool holds the scratch an envelope is scanned into (Scan's result
-// points into it): it is needed only while one message is routed, so an
-// idle binary holds none (it was 240 bytes on every binary).
-var envPool = sync.Pool{New: func() any { return new(envelope.FromBinary) }}
 
 // binaryMessage routes one envelope from a binary to the phone it names, if
 // that phone belongs to this binary's server-id. Anything else is dropped
 // and counted; the binary's connection stays up.
 func (c *conn) binaryMessage(msg []byte) {
-	env := envPool.Get().(*envelope.FromBinary)
-	defer envPool.Put(env)
+	if c.env == nil {
+		c.env = new(envelope.FromBinary) // once per binary: Scan's result points into it
+	}
+	env := c.env
 	if err := env.Scan(msg); err != nil {
 		c.srv.counters.Drops[DropBadEnvelope].Add(1)
 		c.srv.log.Debug("envelope dropped", c.addrs(), "err", err)

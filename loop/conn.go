@@ -9,6 +9,8 @@ import (
 	"github.com/cloudwego/netpoll"
 	"github.com/gobwas/ws"
 	"github.com/valyala/bytebufferpool"
+
+	"switchboard/envelope"
 )
 
 type role uint8
@@ -51,9 +53,10 @@ type conn struct {
 	stage    *bytebufferpool.ByteBuffer // incomplete request head or frame; while paused, all input held
 	msg      *bytebufferpool.ByteBuffer // data frames of a fragmented message
 	serverID string
-	src      netip.Addr // source: trusted X-Forwarded-For, PROXY header, or the peer (see source)
-	connID   string     // phone: its conn_id
-	binary   *conn      // phone: the binary it was attached to
+	src      netip.Addr           // source: trusted X-Forwarded-For, PROXY header, or the peer (see source)
+	connID   string               // phone: its conn_id
+	binary   *conn                // phone: the binary it was attached to
+	env      *envelope.FromBinary // binary: scratch for the envelope being routed
 
 	fd          int32         // the socket's descriptor, the same across a pause
 	unread      int32         // input netpoll held at the last look (noteUnread)
