@@ -3,7 +3,7 @@ GO      ?= go
 LISTEN  ?= :8080
 FUZZTIME ?= 20s
 
-.PHONY: run build test vet race fuzz bench clean
+.PHONY: run build test vet race fuzz bench idle-chart clean
 
 ## run: start the relay on $(LISTEN) with protocol defaults
 run:
@@ -32,6 +32,12 @@ fuzz:
 ## bench: every benchmark, as operators run it
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./bench/ ./envelope/ ./wsframe/ ./registry/
+
+## idle-chart: measure relay RSS at 1,000-16,000 idle connections (3 runs) and redraw docs/idle-memory.svg
+idle-chart:
+	rm -f bench/idle-curve.tsv
+	$(GO) test -run='^$$' -bench=IdleCurve -benchtime=1x -count=3 -timeout=20m ./bench/ -args -curve-out=$(CURDIR)/bench/idle-curve.tsv
+	$(GO) run ./bench/idlechart -in bench/idle-curve.tsv -out docs/idle-memory.svg
 
 clean:
 	rm -rf bin

@@ -258,8 +258,10 @@ func BenchmarkIdle(b *testing.B) {
 			defer f.close()
 			f.grow(b, p.addr, 512)
 			c0, m0, r0, g0 := f.conns(), p.mem(b), p.rss(b), p.goroutines(b)
+			p.saveHeapProfile(b, impl, "small")
 			f.grow(b, p.addr, *flagIdlePhones)
 			c1, m1, r1, g1 := f.conns(), p.mem(b), p.rss(b), p.goroutines(b)
+			p.saveHeapProfile(b, impl, "large")
 			for range b.N {
 			}
 			dc := float64(c1 - c0)

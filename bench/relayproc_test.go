@@ -52,6 +52,11 @@ func startRelayProc(tb testing.TB, impl string) *relayProc {
 		}
 		c.Path, c.Args = path, append([]string{"-c", *flagRelayCPUs, c.Path}, c.Args...)
 	}
+	if *flagHeapProfile != "" {
+		// Every allocation sampled, so the profile's inuse_space is exact
+		// rather than scaled from a 512 KiB sampling interval.
+		c.Env = append(os.Environ(), "GODEBUG=memprofilerate=1")
+	}
 	c.Tee = os.Stderr
 	c.StopGrace = 15 * time.Second
 	p.proc = relaytest.Exec(tb, c)

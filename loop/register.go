@@ -48,7 +48,9 @@ func (c *conn) register(deviceName []byte) (decided bool) {
 		c.refuse(err)
 		return true
 	}
-	c.connID, c.binary = connID, b
+	// The server-id read from the request head becomes garbage: the
+	// phone's copy lives inside its conn_id (one string per idle phone).
+	c.connID, c.serverID, c.binary = connID, registry.ServerIDOf(connID), b
 	c.countUpgrade(UpgradeAccept)
 	s.log.Debug("phone connected", "conn_id", connID, "device", string(deviceName), c.addrs())
 	return true

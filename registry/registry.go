@@ -373,10 +373,24 @@ func (sl *slot[B, P]) find(connID string) int {
 	return -1
 }
 
+// connIDPrefix and connIDSuffixLen frame a server-id inside a conn_id:
+// "client-" + server-id + "-" + 8 hex digits.
+const (
+	connIDPrefix    = "client-"
+	connIDSuffixLen = 1 + 8
+)
+
 func newConnID(serverID string) string {
 	var raw [4]byte
 	_, _ = rand.Read(raw[:]) // crypto/rand.Read never fails on Linux
 	var hexed [8]byte
 	hex.Encode(hexed[:], raw[:])
-	return "client-" + serverID + "-" + string(hexed[:])
+	return connIDPrefix + serverID + "-" + string(hexed[:])
+}
+
+// ServerIDOf is the server-id inside a conn_id that AddPhone returned,
+// sharing its bytes: a phone that keeps both strings then holds one
+// allocation, not two.
+func ServerIDOf(connID string) string {
+	return connID[len(connIDPrefix) : len(connID)-connIDSuffixLen]
 }
