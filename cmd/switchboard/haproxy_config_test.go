@@ -8,15 +8,8 @@ package main
 // name. The scale-out test (haproxy_test.go) uses a config of its own.
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -27,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"switchboard/internal/haproxycfg"
 	"switchboard/internal/relaytest"
 )
 
@@ -53,36 +47,6 @@ func (r hapRewrite) apply(t *testing.T, cfg string) string {
 		t.Fatalf("%s: nothing matches %s: update this test's rewrites", haproxyCfgFile, r.re)
 	}
 	return r.re.ReplaceAllString(cfg, r.with)
-}
-
-// selfSignedPEM writes a certificate and its key in one PEM file, as
-// deploy/haproxy.cfg's `crt` wants them.
-func selfSignedPEM(t *testing.T, path string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "relay.test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		DNSNames:     []string{"relay.test"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	out = append(out, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})...)
-	if err := os.WriteFile(path, out, 0o600); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // ipv6Loopback reports whether this box can listen on [::1].
@@ -121,8 +85,10 @@ func TestShippedHAProxyConfig(t *testing.T) {
 	}
 
 	dir := t.TempDir()
-	pemPath := filepath.Join(dir, "relay.pem")
-	selfSignedPEM(t, pemPath)
+	_, pemPath, err := haproxycfg.SelfSigned(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	https4, http4, exporter := relaytest.FreeAddr(t), relaytest.FreeAddr(t), relaytest.FreeAddr(t)
 	_, httpsPort, _ := net.SplitHostPort(https4)
 	_, httpPort, _ := net.SplitHostPort(http4)
