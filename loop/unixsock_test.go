@@ -52,17 +52,7 @@ func unixRelay(t *testing.T, cfg loop.Config) (*loop.Server, string) {
 // header) before the request as HAProxy's send-proxy-v2 does.
 func unixDial(t *testing.T, path string, hdr []byte, reqPath string, h http.Header) (*peer, *http.Response, error) {
 	t.Helper()
-	d := websocket.Dialer{HandshakeTimeout: testTimeout, NetDialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, "unix", path)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := c.Write(hdr); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
-	}}
+	d := websocket.Dialer{HandshakeTimeout: testTimeout, NetDialContext: relaytest.UnixDial(path, hdr)}
 	c, resp, err := d.Dial("ws://relay.test"+reqPath, h)
 	if err != nil {
 		return nil, resp, err

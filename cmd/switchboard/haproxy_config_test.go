@@ -60,7 +60,7 @@ func ipv6Loopback() bool {
 }
 
 func TestShippedHAProxyConfig(t *testing.T) {
-	hap := haproxyPath()
+	hap := haproxycfg.Path()
 	if hap == "" {
 		t.Skip("haproxy not on PATH: install it (apt-get install haproxy) to check deploy/haproxy.cfg")
 	}

@@ -23,7 +23,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -33,6 +32,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/haproxycfg"
 	"switchboard/internal/relaytest"
 	"switchboard/internal/wsclient"
 )
@@ -49,20 +49,6 @@ const (
 	soTestLimit = 60 * time.Second // the whole test, build excluded
 	nodeHeader  = "X-Switchboard-Node"
 )
-
-// haproxyPath finds haproxy on PATH (or where Debian installs it, since
-// /usr/sbin is not on every user's PATH).
-func haproxyPath() string {
-	if p, err := exec.LookPath("haproxy"); err == nil {
-		return p
-	}
-	for _, p := range []string{"/usr/sbin/haproxy", "/usr/local/sbin/haproxy"} {
-		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	return ""
-}
 
 // soNode is one relay process; a restart replaces proc on the same port.
 type soNode struct {
@@ -458,7 +444,7 @@ func tally(nodes map[string]string) map[string]int {
 }
 
 func TestScaleOutBehindHAProxy(t *testing.T) {
-	hap := haproxyPath()
+	hap := haproxycfg.Path()
 	if hap == "" {
 		t.Skip("haproxy not on PATH: install it (apt-get install haproxy) to run the scale-out test")
 	}

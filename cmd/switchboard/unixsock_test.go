@@ -6,7 +6,6 @@ package main
 // and a phone through PROXY v2 headers, written here and by HAProxy.
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"switchboard/internal/haproxycfg"
 	"switchboard/internal/relaytest"
 )
 
@@ -42,17 +42,7 @@ func proxyV2(src string, port uint16) []byte {
 
 // unixWS upgrades over the socket at path after writing hdr.
 func unixWS(path string, hdr []byte, reqPath string, h http.Header) (*websocket.Conn, *http.Response, error) {
-	d := websocket.Dialer{HandshakeTimeout: unixTestTimeout, NetDialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		c, err := (&net.Dialer{}).DialContext(ctx, "unix", path)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := c.Write(hdr); err != nil {
-			c.Close()
-			return nil, err
-		}
-		return c, nil
-	}}
+	d := websocket.Dialer{HandshakeTimeout: unixTestTimeout, NetDialContext: relaytest.UnixDial(path, hdr)}
 	return d.Dial("ws://relay.test"+reqPath, h)
 }
 
@@ -306,7 +296,7 @@ func shippedUnixServer(t *testing.T, path string) string {
 // check (PROXY LOCAL) passes, a binary and a phone pair through it, and
 // the relay logs the client's TCP address as remote, proxy=unix.
 func TestUnixSocketBehindHAProxy(t *testing.T) {
-	hap := haproxyPath()
+	hap := haproxycfg.Path()
 	if hap == "" {
 		t.Skip("haproxy not on PATH: install it (apt-get install haproxy) to run this test")
 	}
