@@ -1,11 +1,10 @@
 package main
 
 import (
-	"bufio"
-	"fmt"
 	"os"
-	"strconv"
 	"strings"
+
+	"switchboard/internal/kmem"
 )
 
 // kernelSnap is what the kernel says about its memory and sockets at one
@@ -79,91 +78,21 @@ func socketCache(name string, specific map[string]bool) bool {
 func readKernel() (kernelSnap, error) {
 	var k kernelSnap
 	var err error
-	if k.slab, err = meminfo("Slab"); err != nil {
+	if k.slab, err = kmem.Meminfo("Slab"); err != nil {
 		return k, err
 	}
-	if k.sunreclaim, err = meminfo("SUnreclaim"); err != nil {
+	if k.sunreclaim, err = kmem.Meminfo("SUnreclaim"); err != nil {
 		return k, err
 	}
-	if k.caches, k.objSize, err = slabinfo(); err != nil {
-		return k, err
-	}
-	b, err := os.ReadFile("/proc/net/sockstat")
+	si, _, err := kmem.ReadSlabinfo() // without root: no per-cache split, the totals stand
 	if err != nil {
 		return k, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		switch {
-		case len(f) >= 3 && f[0] == "sockets:":
-			k.socketsUsed = field(f, "used")
-		case len(f) >= 3 && f[0] == "TCP:":
-			k.tcpInuse, k.tcpTW = field(f, "inuse"), field(f, "tw")
-		}
+	k.caches, k.objSize = si.Active, si.ObjSize
+	ss, err := kmem.ReadSockstat()
+	if err != nil {
+		return k, err
 	}
+	k.socketsUsed, k.tcpInuse, k.tcpTW = ss.Used, ss.TCPInuse, ss.TCPTimeWait
 	return k, nil
-}
-
-// field is the number after name in a sockstat line.
-func field(f []string, name string) int64 {
-	for i := 0; i+1 < len(f); i++ {
-		if f[i] == name {
-			n, _ := strconv.ParseInt(f[i+1], 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
-func meminfo(key string) (int64, error) {
-	b, err := os.ReadFile("/proc/meminfo")
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, key+":"); ok {
-			f := strings.Fields(v)
-			n, err := strconv.ParseInt(f[0], 10, 64)
-			return n * 1024, err // kB
-		}
-	}
-	return 0, fmt.Errorf("/proc/meminfo has no %s", key)
-}
-
-// slabinfo reads /proc/slabinfo (root only). Without it the per-cache
-// split is missing but the meminfo totals still stand.
-func slabinfo() (bytes, objSize map[string]int64, err error) {
-	f, err := os.Open("/proc/slabinfo")
-	if err != nil {
-		return map[string]int64{}, map[string]int64{}, nil
-	}
-	defer f.Close()
-	m, sizes := map[string]int64{}, map[string]int64{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fs := strings.Fields(sc.Text())
-		if len(fs) < 4 || strings.HasPrefix(fs[0], "#") || fs[0] == "slabinfo" {
-			continue
-		}
-		active, _ := strconv.ParseInt(fs[1], 10, 64)
-		size, _ := strconv.ParseInt(fs[3], 10, 64)
-		m[fs[0]] += active * size
-		sizes[fs[0]] = size
-	}
-	return m, sizes, sc.Err()
-}
-
-// vmRSS is a process's resident set in bytes.
-func vmRSS(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, err := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-			return n * 1024, err
-		}
-	}
-	return 0, fmt.Errorf("pid %d: no VmRSS", pid)
 }

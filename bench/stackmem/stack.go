@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"switchboard/internal/haproxycfg"
+	"switchboard/internal/kmem"
 )
 
 const (
@@ -358,11 +359,11 @@ func (st *stack) settle(load *proc) error {
 	same := 0
 	for same < settleSamples {
 		time.Sleep(settleEvery) // what is being waited for is growth stopping
-		h, err := vmRSS(st.hap.pid())
+		h, err := kmem.VmRSS(st.hap.pid())
 		if err != nil {
 			return err
 		}
-		r, err := vmRSS(st.relay.pid())
+		r, err := kmem.VmRSS(st.relay.pid())
 		if err != nil {
 			return err
 		}
@@ -401,10 +402,10 @@ func (st *stack) read() (k kernelSnap, hap, relayRSS, relayUser int64, err error
 	if heap == 0 {
 		return k, 0, 0, 0, errors.New("relay heap profile: no HeapInuse line")
 	}
-	if relayRSS, err = vmRSS(st.relay.pid()); err != nil {
+	if relayRSS, err = kmem.VmRSS(st.relay.pid()); err != nil {
 		return k, 0, 0, 0, err
 	}
-	if hap, err = vmRSS(st.hap.pid()); err != nil {
+	if hap, err = kmem.VmRSS(st.hap.pid()); err != nil {
 		return k, 0, 0, 0, err
 	}
 	k, err = readKernel()

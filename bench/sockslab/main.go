@@ -13,7 +13,7 @@
 // in which more than a handful came or went besides its own is discarded
 // and tried again, and the medians are of undisturbed runs only.
 //
-//	go run ./cmd/sockslab -n 4000 -runs 5
+//	go run ./bench/sockslab -n 4000 -runs 5
 package main
 
 import (
