@@ -185,8 +185,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if upgraded {
 		// The successor serves both listeners now; this process closes
 		// its own descriptors of them, which leaves the sockets open,
-		// and drains its connections as on SIGTERM.
-		stopAdmin()
+		// and drains its connections as on SIGTERM. Not waited for: while
+		// the successor took the admin socket over (net.FileListener) it
+		// was in blocking mode for a moment, and an accept of ours caught
+		// in that moment returns only with the next connection; the drain
+		// must not wait on it, and the exit ends it.
+		go stopAdmin()
 		stopAdmin = func() {}
 	} else {
 		up.abandon()

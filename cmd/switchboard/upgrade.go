@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -109,16 +110,26 @@ func upgrade(me self, main *handoffListener, adminFD int, timeout time.Duration,
 	pid := cmd.Process.Pid
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	// fail ends a failed upgrade with the successor gone. A closed socket
+	// means it is exiting: its exit status, awaited until the deadline,
+	// says more than the socket's error.
 	fail := func(err error) upgradeResult {
+		var patience time.Duration
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) {
+			patience = max(time.Until(deadline), 0)
+		}
+		timer := time.NewTimer(patience)
+		defer timer.Stop()
 		select {
 		case werr := <-exited:
-			if werr != nil {
-				err = fmt.Errorf("%v (successor exited: %v)", err, werr)
+			if werr == nil {
+				werr = errors.New("exit status 0")
 			}
-		default:
-			_ = cmd.Process.Kill()
-			<-exited
+			return res(pid, fmt.Errorf("%v; the successor exited: %v", err, werr))
+		case <-timer.C:
 		}
+		_ = cmd.Process.Kill()
+		<-exited
 		return res(pid, err)
 	}
 
@@ -130,14 +141,14 @@ func upgrade(me self, main *handoffListener, adminFD int, timeout time.Duration,
 		fds = append(fds, adminFD)
 	}
 	if err := sendHello(ours, h, fds); err != nil {
-		return fail(fmt.Errorf("sending the hello: %v", err))
+		return fail(fmt.Errorf("sending the hello: %w", err))
 	}
 	a, err := readAnswer(ours, deadline)
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return fail(fmt.Errorf("no READY within --upgrade-timeout %v", timeout))
 	case err != nil:
-		return fail(fmt.Errorf("reading the successor's answer: %v", err))
+		return fail(fmt.Errorf("reading the successor's answer: %w", err))
 	case a.Error != "":
 		return fail(fmt.Errorf("the successor refused: %s", a.Error))
 	case !a.Ready || a.Format != handoverFormat || a.PID != pid:

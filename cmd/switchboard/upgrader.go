@@ -39,19 +39,39 @@ func (u *upgrader) begin() {
 	go func() {
 		adminFD := -1
 		if u.admin != nil {
-			// A descriptor of its own (close-on-exec) for the hello; the
-			// admin server keeps serving on its own until the successor is
-			// ready.
-			f, err := u.admin.(*net.TCPListener).File()
+			fd, err := dupListener(u.admin.(*net.TCPListener))
 			if err != nil {
 				u.done <- upgradeResult{err: fmt.Errorf("the admin listener's descriptor: %v", err)}
 				return
 			}
-			defer f.Close()
-			adminFD = int(f.Fd())
+			defer syscall.Close(fd)
+			adminFD = fd
 		}
 		u.done <- upgrade(u.me, u.main, adminFD, u.timeout, u.log)
 	}()
+}
+
+// dupListener is a close-on-exec copy of ln's descriptor for the hello.
+// Not ln.File().Fd(): Fd puts the socket in blocking mode, and that flag
+// belongs to the socket, not the descriptor, so this process's own accept
+// loop would then block in the kernel, where closing the listener cannot
+// wake it.
+func dupListener(ln syscall.Conn) (int, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	dup, errno := -1, syscall.Errno(0)
+	if err := rc.Control(func(fd uintptr) {
+		r, _, e := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_DUPFD_CLOEXEC, 0)
+		dup, errno = int(r), e
+	}); err != nil {
+		return -1, err
+	}
+	if errno != 0 {
+		return -1, errno
+	}
+	return dup, nil
 }
 
 // finish counts and logs an upgrade's outcome. It reports whether the
