@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"switchboard/internal/relaytest"
 )
 
@@ -183,4 +185,57 @@ func TestNotifySocketPathGetsReady(t *testing.T) {
 		Args: []string{"--listen", "127.0.0.1:0", "--admin-listen", ""}})
 	p.WaitListening(t, relaytest.StartTimeout)
 	nextNotification(t, notes, "READY=1")
+}
+
+// On a unix socket the file outlives the old process (the successor serves
+// it) and goes with the successor's own exit, as without an upgrade.
+func TestUpgradeKeepsTheUnixSocketFile(t *testing.T) {
+	if err := subreaper(); err != nil {
+		t.Skipf("cannot become a subreaper to wait for successors: %v", err)
+	}
+	sock := filepath.Join(t.TempDir(), "relay.sock")
+	p := relaytest.Exec(t, relaytest.Command{Path: relaytest.Build(t, "switchboard/cmd/switchboard"), SharedOutput: true,
+		StopGrace: 5 * time.Second, Env: relaytest.CleanEnv(),
+		Args: []string{"--listen", "unix:" + sock, "--proxy-protocol", "--admin-listen", "", "--rate-limit-burst", "0"}})
+	p.WaitListening(t, relaytest.StartTimeout)
+	bin, _, err := unixWS(sock, proxyV2("198.51.100.7", 40000), "/v1/server", binaryHeader("unix-upgrade"))
+	if err != nil {
+		t.Fatalf("binary over the socket: %v", err)
+	}
+	defer bin.Close()
+	reload(t, p.Cmd.Process.Pid)
+	outcome, succPID, line := upgradeLine(t, p, 1)
+	if outcome != "succeeded" {
+		t.Fatalf("upgrade: %s", line)
+	}
+	succ := adopt(t, succPID)
+	_ = bin.SetReadDeadline(time.Now().Add(upgradeWait))
+	if _, _, err := bin.ReadMessage(); !websocket.IsCloseError(err, 1001) {
+		t.Errorf("binary: %v, want close 1001 from the old process", err)
+	}
+	select {
+	case <-p.Exited():
+		if err := p.Err(); err != nil {
+			t.Fatalf("old process exit: %v, want 0", err)
+		}
+	case <-time.After(upgradeWait):
+		t.Fatalf("old process still running\n%s", p.Logs.Tail())
+	}
+	if fi, err := os.Lstat(sock); err != nil || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("socket file after the old process exited: %v, %v", fi, err)
+	}
+	bin2, _, err := unixWS(sock, proxyV2("198.51.100.7", 40001), "/v1/server", binaryHeader("unix-upgrade"))
+	if err != nil {
+		t.Fatalf("binary through the same file to the successor: %v", err)
+	}
+	bin2.Close()
+	if err := syscall.Kill(succPID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if ws := succ.wait(t); !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Errorf("successor ended %v, want exit 0", ws)
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket file after the successor's exit: %v, want it removed", err)
+	}
 }
