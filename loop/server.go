@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cloudwego/netpoll"
@@ -161,6 +162,12 @@ func (s *Server) onPrepare(nc netpoll.Connection) context.Context {
 	c := &conn{srv: s, nc: nc}
 	if fd, ok := socketFD(nc); ok {
 		c.fd = int32(fd)
+		// netpoll accepts without SOCK_CLOEXEC: a process this one starts
+		// (a live upgrade's successor) would otherwise inherit the socket
+		// and hold it open after this relay closed it. cmd/switchboard's
+		// listener also sets it at accept, under syscall.ForkLock, which
+		// closes the window between accept and here.
+		syscall.CloseOnExec(fd)
 	}
 	switch ra := nc.RemoteAddr().(type) {
 	case *net.TCPAddr:

@@ -94,6 +94,14 @@ func (a *admin) serve(relay *loop.Server) (net.Addr, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	addr, stop := a.serveOn(ln, relay)
+	return addr, stop, nil
+}
+
+// serveOn serves the admin endpoints on ln, bound here or inherited from
+// the process this one upgraded. stop closes this process's descriptor
+// only: a successor holding the same socket keeps serving it.
+func (a *admin) serveOn(ln net.Listener, relay *loop.Server) (net.Addr, func()) {
 	hs := &http.Server{Handler: a.handler(relay), ReadHeaderTimeout: adminReadHeaderTimeout, TLSConfig: a.tls}
 	go func() {
 		if a.tls != nil {
@@ -102,7 +110,7 @@ func (a *admin) serve(relay *loop.Server) (net.Addr, func(), error) {
 		}
 		_ = hs.Serve(ln)
 	}()
-	return ln.Addr(), func() { _ = hs.Close() }, nil
+	return ln.Addr(), func() { _ = hs.Close() }
 }
 
 // serveAdmin starts a plain admin listener on addr (no TLS, no auth).

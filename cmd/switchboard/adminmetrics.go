@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"runtime"
+	"strconv"
 	"strings"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -26,6 +27,7 @@ func writeAdminMetrics(w *bytes.Buffer, srv *loop.Server) error {
 		return err
 	}
 	writeBuildInfo(w, version, runtime.Version())
+	writeUpgrades(w, upgradeCounts.succeeded.Load(), upgradeCounts.rolledBack.Load())
 	metrics.WriteProcessMetrics(w)
 	// process_open_fds and process_max_fds are written apart by the library
 	// because counting /proc/self/fd costs a directory read per scrape: with
@@ -47,3 +49,14 @@ func writeBuildInfo(w io.Writer, version, goVersion string) {
 // labelValue escapes a label value as the Prometheus text format wants:
 // the version comes from -ldflags and may hold anything.
 var labelValue = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace
+
+// writeUpgrades writes switchboard_upgrades_total: live upgrades (SIGUSR2)
+// by outcome, their sum the attempts. A successor carries the counts on
+// from the process it took over from (handover.go), so the family does not
+// reset at every release.
+func writeUpgrades(w io.Writer, succeeded, rolledBack int64) {
+	_, _ = io.WriteString(w, "# HELP switchboard_upgrades_total Live upgrades (SIGUSR2) by outcome: succeeded (a successor serves the listeners) or rolled_back (this process kept serving).\n"+
+		"# TYPE switchboard_upgrades_total counter\n"+
+		`switchboard_upgrades_total{outcome="succeeded"} `+strconv.FormatInt(succeeded, 10)+"\n"+
+		`switchboard_upgrades_total{outcome="rolled_back"} `+strconv.FormatInt(rolledBack, 10)+"\n")
+}

@@ -3,10 +3,12 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"net/netip"
 	"os"
 	"strings"
 	"testing"
+	"time"
 )
 
 // runEnv runs the command with exactly environ as its SWITCHBOARD_
@@ -64,6 +66,24 @@ func TestVersionIsAFlagOnly(t *testing.T) {
 		t.Fatalf("exit %d, stdout %q; want 2 and nothing printed", code, stdout)
 	}
 	oneLine(t, stderr, "SWITCHBOARD_VERSION", "--version is a command-line flag only")
+}
+
+// SWITCHBOARD_UPGRADE_FD in an environment file would make every start
+// wait for a handover nobody sends; SWITCHBOARD_UPGRADE_TIMEOUT is an
+// ordinary setting.
+func TestUpgradeFDIsAFlagOnly(t *testing.T) {
+	code, _, stderr := runEnv(t, map[string]string{"SWITCHBOARD_UPGRADE_FD": "3"})
+	if code != 2 {
+		t.Fatalf("exit %d, want 2", code)
+	}
+	oneLine(t, stderr, "SWITCHBOARD_UPGRADE_FD", "--upgrade-fd is a command-line flag only")
+	o, err := parseFlags(nil, []string{"SWITCHBOARD_UPGRADE_TIMEOUT=3s"}, io.Discard)
+	if err != nil || o.upgradeTimeout != 3*time.Second {
+		t.Fatalf("SWITCHBOARD_UPGRADE_TIMEOUT=3s: %v, %v", o, err)
+	}
+	if o, err := parseFlags(nil, nil, io.Discard); err != nil || o.upgradeTimeout != defaultUpgradeTimeout || o.upgradeFD != 0 {
+		t.Fatalf("defaults: %v, %v", o, err)
+	}
 }
 
 func TestFlagSyntaxErrorIsOneLine(t *testing.T) {

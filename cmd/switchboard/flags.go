@@ -20,7 +20,10 @@ const envPrefix = "SWITCHBOARD_"
 // flagOnly names the flags that have no environment variable: an
 // environment file that sets SWITCHBOARD_VERSION would turn a service into
 // one that prints its version and exits 0 at every start.
-var flagOnly = map[string]bool{"version": true}
+// --upgrade-fd is internal, set by a relay on the successor it starts: from
+// an environment file it would make every start wait for a hello on a
+// descriptor nobody wrote to.
+var flagOnly = map[string]bool{"version": true, upgradeFDFlag: true}
 
 // envName is the variable that sets a flag: SWITCHBOARD_ and the flag's
 // name in upper case with dashes as underscores.
@@ -52,6 +55,12 @@ func parseFlags(args, environ []string, help io.Writer) (*options, error) {
 	}
 	if err := checkMainListen(o.listen, o.cfg.ProxyProtocol); err != nil {
 		return nil, err
+	}
+	if o.upgradeTimeout <= 0 {
+		return nil, fmt.Errorf("invalid --upgrade-timeout %v: a successor needs some time to start, e.g. 10s", o.upgradeTimeout)
+	}
+	if o.upgradeFD < 0 || o.upgradeFD > 0 && o.upgradeFD <= 2 {
+		return nil, fmt.Errorf("invalid --%s %d: it is set by a relay on its successor, never by hand", upgradeFDFlag, o.upgradeFD)
 	}
 	if o.admin != "" {
 		if err := checkListenAddr("admin-listen", o.admin); err != nil {
@@ -252,6 +261,8 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.StringVar(&o.adminTLS[0], "admin-tls-cert-file", "", "PEM certificate (chain) for the admin listener; with --admin-tls-key-file it serves HTTPS")
 	fs.StringVar(&o.adminTLS[1], "admin-tls-key-file", "", "PEM private key for --admin-tls-cert-file")
 	fs.StringVar(&o.adminAuth, "admin-basic-auth-file", "", "file of user:bcrypt-hash lines, read at start; the admin listener then requires HTTP basic auth (401 otherwise)")
+	fs.DurationVar(&o.upgradeTimeout, "upgrade-timeout", defaultUpgradeTimeout, "on SIGUSR2 (systemctl reload), how long the successor may take to start and take the listeners; past it the relay kills it and keeps serving")
+	fs.IntVar(&o.upgradeFD, upgradeFDFlag, 0, "internal: the handover socket a relay passes the successor it starts on SIGUSR2; never set it by hand (a flag only)")
 	fs.StringVar(&o.logLvl, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&o.logFmt, "log-format", "text", "log format: text (logfmt) or json")
 	fs.BoolVar(&o.production, "production", false, "refuse to start as root or with capabilities beyond binding low ports")

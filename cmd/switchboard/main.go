@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"switchboard/loop"
 	"switchboard/push"
@@ -37,14 +39,21 @@ type options struct {
 	fcmCreds   string
 	fcmURL     string
 	fcmToken   string
+	// upgradeTimeout bounds a successor's start (--upgrade-timeout);
+	// upgradeFD, when not 0, makes this process one (--upgrade-fd).
+	upgradeTimeout time.Duration
+	upgradeFD      int
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
 	// Signals are caught before anything else, so a SIGHUP during start-up
 	// does not kill the relay either.
 	sig := make(chan os.Signal, 4)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(sig)
+	// Before anything can replace the file: the path, not the inode, is
+	// what a live upgrade starts.
+	me, selfErr := recordSelf(args)
 	opts, err := parseFlags(args, os.Environ(), stdout)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -100,17 +109,38 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "switchboard: %v\n", err)
 		return 2
 	}
+	// A successor takes its listeners from the process it upgrades;
+	// anything that fails from here on exits, and the old process, which
+	// never stopped accepting, keeps serving (upgrade.go).
+	var pred *predecessor
+	if opts.upgradeFD != 0 {
+		if pred, err = takeOver(opts, log); err != nil {
+			fmt.Fprintf(stderr, "switchboard: upgrade: %v\n", err)
+			return 1
+		}
+		defer pred.close()
+	}
 	// A well-formed address that cannot be bound (in use, not ours, a
 	// socket file a live relay holds) exits 1, not 2: the port may come
 	// free, so systemd should try again.
-	ln, err := listen(opts.listen)
-	if err != nil {
+	var mainLn net.Listener
+	if pred != nil {
+		mainLn = pred.main
+	} else if mainLn, err = listen(opts.listen); err != nil {
 		fmt.Fprintf(stderr, "switchboard: listen: %v\n", err)
 		return 1
 	}
 	// Shutdown closes it; this covers the exits before that. Closing a unix
-	// listener removes its socket file.
-	defer ln.Close()
+	// listener removes its socket file, unless a successor serves it
+	// (handofflisten.go) or this process is a successor not yet confirmed.
+	defer mainLn.Close()
+	ln, err := newHandoffListener(mainLn)
+	if err != nil {
+		fmt.Fprintf(stderr, "switchboard: listen: %v\n", err)
+		return 1
+	}
+	var adminLn net.Listener
+	stopAdmin := func() {}
 	if opts.admin != "" {
 		admin, err := loadAdmin(adminConfig{addr: opts.admin, pprof: opts.pprof,
 			tlsCertFile: opts.adminTLS[0], tlsKeyFile: opts.adminTLS[1], basicAuthFile: opts.adminAuth})
@@ -118,12 +148,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stderr, "switchboard: %v\n", err)
 			return 2
 		}
-		addr, stop, err := admin.serve(srv)
-		if err != nil {
+		if pred != nil && pred.admin != nil {
+			adminLn, pred.admin = pred.admin, nil
+		} else if adminLn, err = net.Listen("tcp", opts.admin); err != nil {
 			fmt.Fprintf(stderr, "switchboard: admin listen: %v\n", err)
 			return 1
 		}
-		defer stop()
+		addr, stop := admin.serveOn(adminLn, srv)
+		stopAdmin = stop
+		defer func() { stopAdmin() }()
 		log.Info("admin listening", "addr", addr.String(), "pprof", opts.pprof, "tls", admin.tls != nil, "basic_auth", admin.auth != nil)
 	}
 	cfg := srv.Config()
@@ -133,13 +166,34 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"memory_budget_bytes", cfg.MemoryBudgetBytes, "rate_limit_burst", cfg.RateLimitBurst,
 		"rate_limit_interval", cfg.RateLimitInterval, "proxy_protocol", cfg.ProxyProtocol,
 		"trust_x_forwarded_for", cfg.TrustXForwardedFor, "binary_max_lifetime", cfg.BinaryMaxLifetime,
-		"push", creds != nil)
+		"push", creds != nil, "pid", os.Getpid(), "upgraded_from", pred.fromPID())
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	if err := waitForStop(sig, served, log); err != nil {
+	if pred != nil {
+		pred.ready(ln)
+	} else if err := sdNotify("READY=1"); err != nil {
+		log.Warn("service manager not told", "err", err)
+	}
+	up := &upgrader{me: me, selfErr: selfErr, main: ln, admin: adminLn, timeout: opts.upgradeTimeout, log: log,
+		done: make(chan upgradeResult, 1)}
+	upgraded, err := waitForStop(sig, served, up)
+	if err != nil {
 		log.Error("serve failed", "err", err)
 		return 1
+	}
+	if upgraded {
+		// The successor serves both listeners now; this process closes
+		// its own descriptors of them, which leaves the sockets open,
+		// and drains its connections as on SIGTERM. Not waited for: while
+		// the successor took the admin socket over (net.FileListener) it
+		// was in blocking mode for a moment, and an accept of ours caught
+		// in that moment returns only with the next connection; the drain
+		// must not wait on it, and the exit ends it.
+		go stopAdmin()
+		stopAdmin = func() {}
+	} else {
+		up.abandon()
 	}
 	// Shutdown bounds itself by --drain-timeout.
 	if err := srv.Shutdown(context.Background()); err != nil {
@@ -149,24 +203,33 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// waitForStop returns when SIGTERM or SIGINT arrives (nil) or Serve ends
-// (its error). SIGHUP is logged and otherwise ignored: its default action
-// would kill the relay without a close frame, and systemd's
-// Restart=on-failure counts death by SIGHUP as a clean exit and leaves the
-// node down. A terminal closing, or a reload sent by habit, must not take
-// down every connection.
-func waitForStop(sig <-chan os.Signal, served <-chan error, log *slog.Logger) error {
+// waitForStop returns when SIGTERM or SIGINT arrives (false, nil), an
+// upgrade's successor serves the listeners (true, nil) or Serve ends (its
+// error). SIGUSR2 starts an upgrade (upgrader.go). SIGHUP is logged and
+// otherwise ignored: its default action would kill the relay without a
+// close frame, and systemd's Restart=on-failure counts death by SIGHUP as
+// a clean exit and leaves the node down. A terminal closing, or a reload
+// sent by habit, must not take down every connection.
+func waitForStop(sig <-chan os.Signal, served <-chan error, up *upgrader) (bool, error) {
 	for {
 		select {
 		case s := <-sig:
-			if s == syscall.SIGHUP {
-				log.Warn("signal ignored", "signal", "SIGHUP", "why", "it has no meaning for the relay; SIGTERM drains and stops it")
+			switch s {
+			case syscall.SIGHUP:
+				up.log.Warn("signal ignored", "signal", "SIGHUP", "why", "it has no meaning for the relay; SIGTERM drains and stops it, SIGUSR2 upgrades it")
+				continue
+			case syscall.SIGUSR2:
+				up.begin()
 				continue
 			}
-			log.Info("stopping", "signal", s.String())
-			return nil
+			up.log.Info("stopping", "signal", s.String())
+			return false, nil
+		case res := <-up.done:
+			if up.finish(res) {
+				return true, nil
+			}
 		case err := <-served:
-			return err
+			return false, err
 		}
 	}
 }

@@ -29,6 +29,10 @@ func TestBadFlagValuesExit2WithOneLine(t *testing.T) {
 		{"--read-queue-depth", "-1"},
 		{"--read-stall-after", "2s"},
 		{"--log-level", "loud"},
+		{"--upgrade-timeout", "0s"},
+		{"--upgrade-timeout", "-1s"},
+		{"--upgrade-fd", "-1"},
+		{"--upgrade-fd", "2"},
 		{"--no-such-flag"},
 		{"stray-argument"},
 	}

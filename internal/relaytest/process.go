@@ -100,6 +100,13 @@ type Command struct {
 	Env []string
 	// Tee, when non-nil, also gets everything the process writes.
 	Tee io.Writer
+	// SharedOutput gives the process an os.Pipe for stdout and stderr
+	// instead of os/exec's copying: os/exec waits for every holder of its
+	// pipe to close it, so a process whose children inherit its output (a
+	// live upgrade's successor) would not count as exited until they did.
+	// With it, Exited fires at the process's own exit and its children's
+	// lines keep arriving in Logs.
+	SharedOutput bool
 	// StopGrace is how the end of the test stops a process still running:
 	// zero kills it; otherwise it gets SIGTERM and this long to exit.
 	StopGrace time.Duration
@@ -125,7 +132,20 @@ func Exec(t testing.TB, c Command) *Process {
 		out = io.MultiWriter(p.Logs, c.Tee)
 	}
 	p.Cmd.Env, p.Cmd.Stdout, p.Cmd.Stderr = c.Env, out, out
-	if err := p.Cmd.Start(); err != nil {
+	var pw *os.File
+	if c.SharedOutput {
+		pr, w, err := os.Pipe()
+		if err != nil {
+			t.Fatalf("output pipe for %s: %v", c.Path, err)
+		}
+		pw, p.Cmd.Stdout, p.Cmd.Stderr = w, w, w
+		go func() { _, _ = io.Copy(out, pr); pr.Close() }()
+	}
+	err := p.Cmd.Start()
+	if pw != nil {
+		pw.Close() // the process and its children hold the write end now
+	}
+	if err != nil {
 		t.Fatalf("starting %s: %v", c.Path, err)
 	}
 	go func() {
