@@ -200,7 +200,9 @@ func (c *conn) gotPong() {
 // frame or of a fragmented message behind, cleared once none is pending.
 // Idle time between messages is not bounded.
 func (c *conn) trackMessage() {
-	pending := c.stage != nil || c.msg != nil
+	// A paused connection keeps an empty staging buffer between turns:
+	// only bytes held mean a message is under way.
+	pending := (c.stage != nil && len(c.stage.B) > 0) || c.msg != nil
 	switch {
 	case pending && c.msgDue.Load() == 0:
 		c.setDeadline(&c.msgDue, c.wheelNow()+int64(c.srv.cfg.MessageReadTimeout))

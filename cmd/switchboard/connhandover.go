@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"syscall"
 	"time"
 
@@ -140,6 +141,11 @@ func rightsFDs(oob []byte) ([]int, error) {
 	return out, nil
 }
 
+// upgradeFaultEnv makes a successor fail in the middle of the handover,
+// holding the connections' sockets but not reading them: the rollback
+// tests' way to kill it at the worst moment. Unset in production.
+const upgradeFaultEnv = "RELAYTEST_UPGRADE_FAULT" // not SWITCHBOARD_: that prefix is checked against the flags
+
 // adopt asks the old process for its connections and serves them.
 func (p *predecessor) adopt(srv *loop.Server, timeout time.Duration) (int, error) {
 	if err := sendAnswer(p.conn, answer{WantConns: true}); err != nil {
@@ -148,6 +154,12 @@ func (p *predecessor) adopt(srv *loop.Server, timeout time.Duration) (int, error
 	records, fds, err := receiveConns(p.conn, time.Now().Add(timeout))
 	if err != nil {
 		return 0, err
+	}
+	switch os.Getenv(upgradeFaultEnv) {
+	case "exit-holding-conns":
+		os.Exit(3)
+	case "hang-holding-conns":
+		time.Sleep(time.Hour)
 	}
 	n, err := srv.Adopt(records, fds)
 	if err != nil {

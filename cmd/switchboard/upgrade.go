@@ -153,7 +153,7 @@ func upgrade(me self, srv *loop.Server, main *handoffListener, adminFD int, time
 	a, err := readAnswer(ours, deadline)
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		return fail(fmt.Errorf("no answer to the hello within --upgrade-timeout %v", timeout))
+		return fail(fmt.Errorf("no READY within --upgrade-timeout %v (no answer to the hello)", timeout))
 	case err != nil:
 		return fail(fmt.Errorf("reading the successor's answer: %w", err))
 	case a.Error != "":
