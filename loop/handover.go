@@ -94,6 +94,7 @@ func (s *Server) Freeze(deadline time.Time) (*Handover, error) {
 	}
 	bins, phones := s.reg.Each(nil, nil)
 	all := append(bins, phones...)
+	var live []*conn
 	for _, c := range all {
 		if c.gone.Load() {
 			continue // a grace holder: no socket
@@ -101,11 +102,13 @@ func (s *Server) Freeze(deadline time.Time) (*Handover, error) {
 		if c.state.closing.Load() {
 			return fail(fmt.Errorf("a %s connection is closing", c.role))
 		}
-		if c.sock.CompareAndSwap(sockLive, sockPausing) && !s.pauser.stop(c, c.nc) {
-			c.sock.Store(sockLive)
-			return fail(fmt.Errorf("a %s connection could not stop reading", c.role))
-		}
 		h.conns = append(h.conns, c)
+		if c.sock.CompareAndSwap(sockLive, sockPausing) {
+			live = append(live, c)
+		}
+	}
+	if stuck := s.detachAll(live); stuck != nil {
+		return fail(fmt.Errorf("a %s connection could not stop reading", stuck.role))
 	}
 	for !s.quiet(h.conns) {
 		if time.Now().After(deadline) {
@@ -146,6 +149,45 @@ func (s *Server) Freeze(deadline time.Time) (*Handover, error) {
 		h.FDs = append(h.FDs, int(c.fd))
 	}
 	return h, nil
+}
+
+// freezeDetachers is how many goroutines take sockets out of netpoll at
+// once: each Detach whose close callback runs on the caller waits for a
+// poller fence round (fence.go), and concurrent waits share one round, so
+// 1,000 sockets cost tens of rounds, not 1,000.
+const freezeDetachers = 32
+
+// detachAll takes every socket of live (each marked sockPausing) out of
+// netpoll through the read pause; it returns a connection that could not
+// be, restored to netpoll's reading.
+func (s *Server) detachAll(live []*conn) (stuck *conn) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	next := 0
+	for range min(freezeDetachers, len(live)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				if next == len(live) {
+					mu.Unlock()
+					return
+				}
+				c := live[next]
+				next++
+				mu.Unlock()
+				if !s.pauser.stop(c, c.nc) {
+					c.sock.Store(sockLive)
+					mu.Lock()
+					stuck = c
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return stuck
 }
 
 // quiet reports whether none of conns can read, write or be closed any
