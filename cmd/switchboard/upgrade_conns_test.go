@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -341,5 +342,77 @@ func TestUpgradeRollsBackWhenTheSuccessorDiesMidHandover(t *testing.T) {
 			default:
 			}
 		})
+	}
+}
+
+// Grace windows cross an upgrade: a departed binary's slot and phones are
+// handed over with the time left, so a binary reclaiming after the upgrade
+// reclaims that window (its phones are closed 4404, as on any reclaim),
+// and an unclaimed window ends in the successor when it would have ended
+// in the old process.
+func TestUpgradeCarriesGraceWindows(t *testing.T) {
+	if err := subreaper(); err != nil {
+		t.Skipf("cannot become a subreaper to wait for successors: %v", err)
+	}
+	const grace = 3 * time.Second
+	built := relaytest.Build(t, "switchboard/cmd/switchboard")
+	exe := filepath.Join(t.TempDir(), "switchboard")
+	install(t, built, exe)
+	addr := relaytest.FreeAddr(t)
+	p := relaytest.Exec(t, relaytest.Command{Path: exe, SharedOutput: true, StopGrace: 5 * time.Second, Env: relaytest.CleanEnv(),
+		Args: []string{"--listen", addr, "--admin-listen", "", "--rate-limit-burst", "0", "--grace-period", grace.String()}})
+	p.WaitListening(t, relaytest.StartTimeout)
+	dial := func(path, sid string) *wsclient.Client {
+		c, status, err := wsUpgrade(addr, path, sid)
+		if err != nil || c == nil {
+			t.Fatalf("%s %s: status %d, %v", path, sid, status, err)
+		}
+		return c
+	}
+	binA, phoneA := dial("/v1/server", "grace-a"), dial("/v1/client", "grace-a")
+	defer phoneA.Close()
+	binB, phoneB := dial("/v1/server", "grace-b"), dial("/v1/client", "grace-b")
+	defer phoneB.Close()
+	echo(t, phoneA, binA, `{"before":1}`)
+	echo(t, phoneB, binB, `{"before":2}`)
+	binA.Close()
+	binB.Close()
+	left := time.Now()
+	if _, ok := p.Logs.WaitLine(p.Exited(), upgradeWait, func(l string) bool {
+		return strings.Contains(l, `msg="grace started" server_id=grace-b`)
+	}); !ok {
+		t.Fatalf("no grace window for grace-b:\n%s", p.Logs.Tail())
+	}
+	if _, ok := p.Logs.WaitLine(p.Exited(), upgradeWait, func(l string) bool {
+		return strings.Contains(l, `msg="grace started" server_id=grace-a`)
+	}); !ok {
+		t.Fatalf("no grace window for grace-a:\n%s", p.Logs.Tail())
+	}
+	install(t, built, exe)
+	reload(t, p.Cmd.Process.Pid)
+	outcome, succPID, line := upgradeLine(t, p, 1)
+	if outcome != "succeeded" || !strings.Contains(line, "connections_handed=2") {
+		t.Fatalf("upgrade: %s\n%s", line, p.Logs.Tail())
+	}
+	succ := adopt(t, succPID)
+	defer func() { _ = syscall.Kill(succPID, syscall.SIGTERM); succ.wait(t) }()
+	if st, b, ph := healthCounts(t, addr); st != "ok" || b != 0 || ph != 2 {
+		t.Errorf("healthz from the successor: %s, %d binaries, %d phones; want ok, 0, 2 (both slots in grace)", st, b, ph)
+	}
+	// A reclaims in the successor: the window was there, phones and all.
+	binA2 := dial("/v1/server", "grace-a")
+	defer binA2.Close()
+	if code, reason, err := readClose(phoneA); err != nil || code != 4404 {
+		t.Errorf("phone of grace-a: close %d %q, %v; want 4404 for the reclaimed window", code, reason, err)
+	}
+	// B's window ends in the successor, on time: its phone gets 1000.
+	_ = phoneB.Conn.SetReadDeadline(time.Now().Add(grace + upgradeWait))
+	code, _, err := phoneB.ReadClose()
+	away := time.Since(left)
+	if err != nil || code != 1000 {
+		t.Fatalf("phone of grace-b: close %d, %v; want 1000 when the grace window ends", code, err)
+	}
+	if away < grace-500*time.Millisecond || away > grace+2*time.Second {
+		t.Errorf("grace-b's window ended %v after its binary left, want about %v", away, grace)
 	}
 }
