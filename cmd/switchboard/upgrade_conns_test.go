@@ -416,3 +416,69 @@ func TestUpgradeCarriesGraceWindows(t *testing.T) {
 		t.Errorf("grace-b's window ended %v after its binary left, want about %v", away, grace)
 	}
 }
+
+// An upgrade during a takeover probe rolls back (the probe's outcome is
+// decided by a pong and a timer the snapshot would carry half-done), and
+// the probe then ends as it would have; the next reload upgrades.
+func TestUpgradeWaitsOutATakeoverProbe(t *testing.T) {
+	if err := subreaper(); err != nil {
+		t.Skipf("cannot become a subreaper to wait for successors: %v", err)
+	}
+	built := relaytest.Build(t, "switchboard/cmd/switchboard")
+	exe := filepath.Join(t.TempDir(), "switchboard")
+	install(t, built, exe)
+	addr := relaytest.FreeAddr(t)
+	p := relaytest.Exec(t, relaytest.Command{Path: exe, SharedOutput: true, StopGrace: 5 * time.Second, Env: relaytest.CleanEnv(),
+		Args: []string{"--listen", addr, "--admin-listen", "", "--rate-limit-burst", "0", "--takeover-timeout", "20s"}})
+	p.WaitListening(t, relaytest.StartTimeout)
+	holder, status, err := wsUpgrade(addr, "/v1/server", "probe-1")
+	if err != nil || holder == nil {
+		t.Fatalf("holder: status %d, %v", status, err)
+	}
+	defer holder.Close()
+	phone, status, err := wsUpgrade(addr, "/v1/client", "probe-1")
+	if err != nil || phone == nil {
+		t.Fatalf("phone: status %d, %v", status, err)
+	}
+	defer phone.Close()
+	type dialed struct {
+		c      *wsclient.Client
+		status int
+		err    error
+	}
+	rival := make(chan dialed, 1)
+	go func() { // its 101 waits for the probe's outcome
+		c, status, err := wsUpgrade(addr, "/v1/server", "probe-1")
+		rival <- dialed{c, status, err}
+	}()
+	// The probe's ping reaches the holder: the probe is in flight.
+	_ = holder.Conn.SetReadDeadline(time.Now().Add(upgradeWait))
+	f, err := holder.NextFrame()
+	if err != nil || f.Op != wsclient.OpPing {
+		t.Fatalf("holder: frame %v, %v; want the probe's ping", f.Op, err)
+	}
+	reload(t, p.Cmd.Process.Pid)
+	if outcome, _, line := upgradeLine(t, p, 1); outcome != "rolled_back" || !strings.Contains(line, "takeover probe") {
+		t.Fatalf("upgrade during a probe: %s", line)
+	}
+	// The holder answers: the rival is refused, the holder keeps the slot.
+	if err := holder.WriteFrame(wsclient.OpPong, f.Payload); err != nil {
+		t.Fatal(err)
+	}
+	d := <-rival
+	if d.err != nil || d.c == nil {
+		t.Fatalf("rival: status %d, %v", d.status, d.err)
+	}
+	if code, _, err := readClose(d.c); err != nil || code != 4409 {
+		t.Errorf("rival: close %d, %v; want 4409 (the holder answered the probe)", code, err)
+	}
+	d.c.Close()
+	reload(t, p.Cmd.Process.Pid)
+	outcome, succPID, line := upgradeLine(t, p, 2)
+	if outcome != "succeeded" {
+		t.Fatalf("upgrade after the probe: %s", line)
+	}
+	succ := adopt(t, succPID)
+	defer func() { _ = syscall.Kill(succPID, syscall.SIGTERM); succ.wait(t) }()
+	echo(t, phone, holder, `{"after":"probe"}`)
+}
