@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -394,8 +393,12 @@ func TestUpgradeCarriesGraceWindows(t *testing.T) {
 	if outcome != "succeeded" || !strings.Contains(line, "connections_handed=2") {
 		t.Fatalf("upgrade: %s\n%s", line, p.Logs.Tail())
 	}
-	succ := adopt(t, succPID)
-	defer func() { _ = syscall.Kill(succPID, syscall.SIGTERM); succ.wait(t) }()
+	adopt(t, succPID)
+	select { // the old process is gone, its connections the successor's
+	case <-p.Exited():
+	case <-time.After(upgradeWait):
+		t.Fatalf("old process still running after the upgrade\n%s", p.Logs.Tail())
+	}
 	if st, b, ph := healthCounts(t, addr); st != "ok" || b != 0 || ph != 2 {
 		t.Errorf("healthz from the successor: %s, %d binaries, %d phones; want ok, 0, 2 (both slots in grace)", st, b, ph)
 	}
@@ -478,7 +481,11 @@ func TestUpgradeWaitsOutATakeoverProbe(t *testing.T) {
 	if outcome != "succeeded" {
 		t.Fatalf("upgrade after the probe: %s", line)
 	}
-	succ := adopt(t, succPID)
-	defer func() { _ = syscall.Kill(succPID, syscall.SIGTERM); succ.wait(t) }()
+	adopt(t, succPID)
+	select { // the old process is gone, its connections the successor's
+	case <-p.Exited():
+	case <-time.After(upgradeWait):
+		t.Fatalf("old process still running after the upgrade\n%s", p.Logs.Tail())
+	}
 	echo(t, phone, holder, `{"after":"probe"}`)
 }
