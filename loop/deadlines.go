@@ -45,6 +45,15 @@ func (c *conn) OnTimer(now int64)      { c.onTimer(now) }
 // onTimer runs on the wheel goroutine when the earliest booked deadline is
 // due. It acts on every deadline that has passed and books the next.
 func (c *conn) onTimer(now int64) {
+	if c.srv.handedOff.Load() && c.gone.Load() {
+		return // handed over to a live upgrade's successor, or a grace window it expires
+	}
+	if c.srv.frozen.Load() {
+		// A live upgrade's handover: its deadlines travel as they are,
+		// and a rollback acts on them a moment late.
+		c.srv.wheel.Book(c, now+int64(handoverRecheck))
+		return
+	}
 	var next int64
 	due := func(d *atomic.Int64) bool {
 		v := d.Load()
@@ -191,7 +200,9 @@ func (c *conn) gotPong() {
 // frame or of a fragmented message behind, cleared once none is pending.
 // Idle time between messages is not bounded.
 func (c *conn) trackMessage() {
-	pending := c.stage != nil || c.msg != nil
+	// A paused connection keeps an empty staging buffer between turns:
+	// only bytes held mean a message is under way.
+	pending := (c.stage != nil && len(c.stage.B) > 0) || c.msg != nil
 	switch {
 	case pending && c.msgDue.Load() == 0:
 		c.setDeadline(&c.msgDue, c.wheelNow()+int64(c.srv.cfg.MessageReadTimeout))

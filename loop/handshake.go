@@ -38,7 +38,11 @@ func (c *conn) handshake(data []byte) int {
 		return end
 	}
 	if c.route(&req) {
+		// A live upgrade's freeze waits for upgrades under way to be
+		// registered or refused, so its registry snapshot misses none.
+		c.srv.admitting.Add(1)
 		c.upgrade(&req)
+		c.srv.admitting.Add(-1)
 	}
 	return end
 }
@@ -102,7 +106,7 @@ func (c *conn) upgrade(req *wsframe.Request) {
 		c.reject(RejectNotUpgrade, 426, "websocket upgrade required\n")
 		return
 	}
-	if c.srv.draining.Load() {
+	if c.srv.draining.Load() || c.srv.frozen.Load() {
 		c.reject(RejectDraining, 503, "")
 		return
 	}

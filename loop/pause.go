@@ -163,6 +163,9 @@ func (c *conn) queueStep() {
 // be queued; otherwise the connection waits for input, for the budget, or
 // is closed.
 func (c *conn) pausedStep() (again bool) {
+	if c.srv.frozen.Load() && c.srv.parkTurn(c) {
+		return false // a live upgrade's handover: Thaw runs it, or the successor reads
+	}
 	if c.closeAsked() {
 		c.endPaused()
 		return false

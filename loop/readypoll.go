@@ -118,6 +118,14 @@ func (p *readyPoller) closeAll() {
 	}
 }
 
+// waiting reports whether c waits for input, no turn of it queued.
+func (p *readyPoller) waiting(c *conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.conns[c.fd]
+	return e != nil && e.c == c && e.armed
+}
+
 // forget removes c before its descriptor is closed.
 func (p *readyPoller) forget(c *conn) {
 	p.mu.Lock()

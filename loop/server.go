@@ -88,7 +88,11 @@ type Server struct {
 	pauser       readPauser
 	ready        *readyPoller // paused sockets waiting for input (readypoll.go)
 	budget       *memoryBudget
-	congestion   congestion // phones waiting for their binary's outbox to drain
+	congestion   congestion   // phones waiting for their binary's outbox to drain
+	frozen       atomic.Bool  // a live upgrade's handover: nothing reads, times out or is admitted (handover.go)
+	handedOff    atomic.Bool  // the registered connections belong to a successor now
+	admitting    atomic.Int32 // upgrades between the admission check and registry decision
+	freeze       freezeState
 }
 
 // New builds a relay from cfg after filling defaults and validating it.

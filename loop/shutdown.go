@@ -19,13 +19,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.DrainTimeout)
 	defer cancel()
-	bins, phones := s.reg.Each(nil, nil)
+	var bins, phones []*conn
+	if !s.handedOff.Load() { // else they are a live upgrade's successor's
+		bins, phones = s.reg.Each(nil, nil)
+	}
 	// Binaries whose claim waits on a takeover probe are in no slot: take
 	// them off the queues, so no probe outcome answers them too, and give
 	// them 101 then 1001 now rather than leaving them to the drain deadline.
 	// Upgrades that register after this snapshot close themselves
 	// (handshake.go: upgrade and register look at draining once more).
-	waiting := s.reg.TakeWaiting(nil)
+	var waiting []*conn
+	if !s.handedOff.Load() {
+		waiting = s.reg.TakeWaiting(nil)
+	}
 	s.log.Info("draining", "binaries", len(bins), "phones", len(phones), "claims_waiting", len(waiting))
 	for _, c := range phones {
 		c.close(causeShutdown)

@@ -15,6 +15,7 @@ const (
 	sockPausing               // Detach called; the close callback has not yet run
 	sockPaused                // out of netpoll: the read side owns the descriptor
 	sockClosed                // closed, or being closed by netpoll
+	sockHanded                // a live upgrade's successor owns it now (handover.go): never touched again
 
 	sockCloseAsked uint32 = 1 << 4 // a close arrived while pausing or paused
 )

@@ -394,3 +394,40 @@ func newConnID(serverID string) string {
 func ServerIDOf(connID string) string {
 	return connID[len(connIDPrefix) : len(connID)-connIDSuffixLen]
 }
+
+// HasWaiting reports whether any claimant waits on a takeover probe. A
+// live upgrade's handover waits for none: a probe's outcome is decided by
+// timers and pongs the snapshot would have to carry half-done.
+func (r *Registry[B, P]) HasWaiting() bool {
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.RLock()
+		for _, sl := range s.slots {
+			if len(sl.waiting) > 0 {
+				s.mu.RUnlock()
+				return true
+			}
+		}
+		s.mu.RUnlock()
+	}
+	return false
+}
+
+// RestorePhone attaches p under connID, a conn_id AddPhone handed out in
+// the process this one took over from (a live upgrade), so the phone keeps
+// the address its binary knows it by. It returns the slot's binary.
+func (r *Registry[B, P]) RestorePhone(serverID, connID string, p P) (b B, err error) {
+	s := r.shard(serverID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sl := s.slots[serverID]
+	switch {
+	case sl == nil:
+		return b, ErrNoServer
+	case sl.find(connID) >= 0:
+		return b, errors.New("registry: conn_id restored twice")
+	}
+	sl.phones = append(sl.phones, phoneEntry[P]{connID, p})
+	r.phones.Add(1)
+	return sl.binary, nil
+}

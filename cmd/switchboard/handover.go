@@ -13,8 +13,9 @@ import (
 // handoverFormat is the version of what crosses the handover socket. A
 // successor that reads another refuses it, and the old process keeps
 // serving. Bump it whenever a field changes meaning or a new one must be
-// understood (the connection handover will add state records).
-const handoverFormat = 1
+// understood. Format 2 adds the connection handover (connhandover.go):
+// a successor of format 1 refuses it, and the old process serves on.
+const handoverFormat = 2
 
 // maxHandoverMessage bounds one message on the handover socket. The
 // hello and the answer are a few hundred bytes of JSON; a SEQPACKET read
@@ -42,10 +43,15 @@ type hello struct {
 // answer is the successor's reply: Ready once it serves the listeners,
 // else Error saying why it will not.
 type answer struct {
-	Format int    `json:"format"`
-	PID    int    `json:"pid"`
-	Ready  bool   `json:"ready,omitempty"`
-	Error  string `json:"error,omitempty"`
+	Format int  `json:"format"`
+	PID    int  `json:"pid"`
+	Ready  bool `json:"ready,omitempty"`
+	// WantConns: the successor is set up and waits for the connection
+	// batches; the old process freezes only now, so the pause its peers
+	// see does not include the successor's start.
+	WantConns bool   `json:"want_conns,omitempty"`
+	Adopted   int    `json:"adopted,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 // handoverPair is a connected SEQPACKET pair: ours stays here, theirs

@@ -168,6 +168,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"trust_x_forwarded_for", cfg.TrustXForwardedFor, "binary_max_lifetime", cfg.BinaryMaxLifetime,
 		"push", creds != nil, "pid", os.Getpid(), "upgraded_from", pred.fromPID())
 
+	if pred != nil {
+		n, err := pred.adopt(srv, opts.upgradeTimeout)
+		if err != nil {
+			_ = sendAnswer(pred.conn, answer{Error: err.Error()})
+			fmt.Fprintf(stderr, "switchboard: upgrade: %v\n", err)
+			return 1
+		}
+		log.Info("connections adopted", "connections", n, "upgraded_from", pred.fromPID())
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	if pred != nil {
@@ -175,7 +184,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	} else if err := sdNotify("READY=1"); err != nil {
 		log.Warn("service manager not told", "err", err)
 	}
-	up := &upgrader{me: me, selfErr: selfErr, main: ln, admin: adminLn, timeout: opts.upgradeTimeout, log: log,
+	up := &upgrader{me: me, srv: srv, selfErr: selfErr, main: ln, admin: adminLn, timeout: opts.upgradeTimeout, log: log,
 		done: make(chan upgradeResult, 1)}
 	upgraded, err := waitForStop(sig, served, up)
 	if err != nil {

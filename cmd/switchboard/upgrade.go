@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"switchboard/loop"
 )
 
 // upgradeFDFlag is the internal flag that makes a process a successor: the
@@ -75,12 +77,17 @@ type upgradeResult struct {
 	pid  int           // the successor's, 0 if it never started
 	took time.Duration // from the signal to the outcome
 	err  error         // nil: the successor serves the listeners
+	// handed connections went to the successor; pause is from the
+	// freeze to its READY (an upper bound of the time no connection was
+	// read), quiesce the part until every connection had gone quiet.
+	handed         int
+	pause, quiesce time.Duration
 }
 
 // upgrade starts the successor, hands it the listeners and waits up to
 // timeout for its READY. On any failure the successor is killed and the
 // caller keeps serving: nothing here stops this process accepting.
-func upgrade(me self, main *handoffListener, adminFD int, timeout time.Duration, log *slog.Logger) upgradeResult {
+func upgrade(me self, srv *loop.Server, main *handoffListener, adminFD int, timeout time.Duration, log *slog.Logger) upgradeResult {
 	start := time.Now()
 	deadline := start.Add(timeout)
 	res := func(pid int, err error) upgradeResult {
@@ -144,6 +151,37 @@ func upgrade(me self, main *handoffListener, adminFD int, timeout time.Duration,
 		return fail(fmt.Errorf("sending the hello: %w", err))
 	}
 	a, err := readAnswer(ours, deadline)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fail(fmt.Errorf("no READY within --upgrade-timeout %v (no answer to the hello)", timeout))
+	case err != nil:
+		return fail(fmt.Errorf("reading the successor's answer: %w", err))
+	case a.Error != "":
+		return fail(fmt.Errorf("the successor refused: %s", a.Error))
+	case !a.WantConns || a.Format != handoverFormat || a.PID != pid:
+		return fail(fmt.Errorf("the successor's answer to the hello is not WANT_CONNS (format %d, pid %d)", a.Format, a.PID))
+	}
+	// From here this process's connections stop reading: every error
+	// thaws them (they are read on the paused path from then on).
+	frozeAt := time.Now()
+	ho, err := srv.Freeze(deadline)
+	if err != nil {
+		return fail(fmt.Errorf("freezing the connections: %w", err))
+	}
+	if err := sendConns(ours, ho); err != nil {
+		ho.Thaw()
+		return fail(fmt.Errorf("handing the connections over: %w", err))
+	}
+	a, err = readAnswer(ours, deadline)
+	if err != nil || a.Error != "" || !a.Ready || a.Format != handoverFormat || a.PID != pid {
+		ho.Thaw()
+	} else {
+		ho.Release()
+		r := res(pid, nil)
+		r.handed, r.pause = len(ho.FDs), time.Since(frozeAt)
+		r.quiesce = ho.Paused.Sub(frozeAt)
+		return r
+	}
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return fail(fmt.Errorf("no READY within --upgrade-timeout %v", timeout))

@@ -114,8 +114,9 @@ func TestUpgradeRollsBackWhenTheSuccessorFails(t *testing.T) {
 		t.Fatalf("upgrade after the rollbacks: %s", line)
 	}
 	adopt(t, succ)
-	if code, _, err := readClose(bin); err != nil || code != 1001 {
-		t.Errorf("binary: close %d, %v; want 1001\n%s", code, err, p.Logs.Tail())
+	echo(t, phone, bin, `{"n":4}`) // handed over, not drained
+	if st, b, ph := healthCounts(t, addr); st != "ok" || b != 1 || ph != 1 {
+		t.Errorf("healthz from the successor: %s, %d binaries, %d phones; want ok, 1, 1", st, b, ph)
 	}
 }
 
@@ -209,9 +210,21 @@ func TestUpgradeKeepsTheUnixSocketFile(t *testing.T) {
 		t.Fatalf("upgrade: %s", line)
 	}
 	succ := adopt(t, succPID)
+	// Handed over, not drained: a ping still gets its pong.
 	_ = bin.SetReadDeadline(time.Now().Add(upgradeWait))
-	if _, _, err := bin.ReadMessage(); !websocket.IsCloseError(err, 1001) {
-		t.Errorf("binary: %v, want close 1001 from the old process", err)
+	pong := make(chan string, 1)
+	bin.SetPongHandler(func(s string) error { pong <- s; return nil })
+	if err := bin.WriteControl(websocket.PingMessage, []byte("still-here"), time.Now().Add(upgradeWait)); err != nil {
+		t.Fatalf("binary ping after the upgrade: %v", err)
+	}
+	go func() { _, _, _ = bin.ReadMessage() }()
+	select {
+	case s := <-pong:
+		if s != "still-here" {
+			t.Errorf("pong %q", s)
+		}
+	case <-time.After(upgradeWait):
+		t.Errorf("binary: no pong after the upgrade")
 	}
 	select {
 	case <-p.Exited():

@@ -383,12 +383,9 @@ func TestUpgradeMovesTheListenersToTheInstalledBinary(t *testing.T) {
 	nextNotification(t, notes, "READY=1")
 	nextNotification(t, notes, fmt.Sprintf("MAINPID=%d", succPID))
 
-	// Established peers are drained by the old process, as on SIGTERM.
-	for i, c := range append([]*wsclient.Client{bin}, phones...) {
-		if code, reason, err := readClose(c); err != nil || code != 1001 {
-			t.Errorf("peer %d: close %d %q, %v; want 1001 from the old process", i, code, reason, err)
-		}
-		c.Close()
+	// Established peers were handed over: they still route, both ways.
+	for i, ph := range phones {
+		echo(t, ph, bin, fmt.Sprintf(`{"after_upgrade":%d}`, i))
 	}
 	select {
 	case <-p.Exited():
@@ -409,8 +406,8 @@ func TestUpgradeMovesTheListenersToTheInstalledBinary(t *testing.T) {
 	}
 	d.finish(t)
 
-	// The successor serves, runs the new file and holds none of the old
-	// process's connections: only the listeners are shared.
+	// The successor serves, runs the new file and holds the old process's
+	// peer sockets, handed over.
 	if st, _, _ := healthCounts(t, addr); st != "ok" {
 		t.Errorf("healthz from the successor: %q", st)
 	}
@@ -431,10 +428,14 @@ func TestUpgradeMovesTheListenersToTheInstalledBinary(t *testing.T) {
 	if conns < 5 {
 		t.Fatalf("old process held %d non-listening sockets, want at least its 5 peers", conns)
 	}
+	handed := 0
 	for s := range socketInodes(t, succPID) {
 		if oldSockets[s] && !listening[s] {
-			t.Errorf("successor inherited the old process's connection socket %s", s)
+			handed++
 		}
+	}
+	if handed != 5 {
+		t.Errorf("successor holds %d of the old process's connection sockets, want its 5 peers", handed)
 	}
 	if n := upgradeCount(t, admin, "succeeded"); n != 1 {
 		t.Errorf("upgrades succeeded = %d after one, want 1 (carried over from the old process)", n)
@@ -455,9 +456,10 @@ func TestUpgradeMovesTheListenersToTheInstalledBinary(t *testing.T) {
 	adopt(t, succ2PID)
 	nextNotification(t, notes, "READY=1")
 	nextNotification(t, notes, fmt.Sprintf("MAINPID=%d", succ2PID))
-	if code, _, err := readClose(bin2); err != nil || code != 1001 {
-		t.Errorf("binary on the first successor: close %d, %v; want 1001", code, err)
+	for i, ph := range phones {
+		echo(t, ph, bin, fmt.Sprintf(`{"after_second_upgrade":%d}`, i))
 	}
+	roundTripNoPhone(t, bin2)
 	if ws := succ.wait(t); !ws.Exited() || ws.ExitStatus() != 0 {
 		t.Errorf("first successor ended %v, want exit 0\n%s", ws, p.Logs.Tail())
 	}
@@ -466,5 +468,69 @@ func TestUpgradeMovesTheListenersToTheInstalledBinary(t *testing.T) {
 	}
 	if n := upgradeCount(t, admin, "succeeded"); n != 2 {
 		t.Errorf("upgrades succeeded = %d after two, want 2", n)
+	}
+}
+
+// echo sends msg from phone to bin, and bin's answer (the same frame) back
+// to the phone by the conn_id the envelope named.
+func echo(t *testing.T, phone, bin *wsclient.Client, msg string) {
+	t.Helper()
+	_ = bin.Conn.SetReadDeadline(time.Now().Add(upgradeWait))
+	_ = phone.Conn.SetReadDeadline(time.Now().Add(upgradeWait))
+	if err := phone.WriteText([]byte(msg)); err != nil {
+		t.Fatalf("phone write: %v", err)
+	}
+	var env struct {
+		ConnID string          `json:"conn_id"`
+		Frame  json.RawMessage `json:"frame"`
+	}
+	for {
+		op, b, err := bin.ReadFrame()
+		if err != nil {
+			t.Fatalf("binary read: %v", err)
+		}
+		if op != wsclient.OpText {
+			continue
+		}
+		if err := json.Unmarshal(b, &env); err != nil || string(env.Frame) != msg {
+			t.Fatalf("binary got %s (%v), want frame %s", b, err, msg)
+		}
+		break
+	}
+	out, _ := json.Marshal(map[string]any{"conn_id": env.ConnID, "frame": env.Frame})
+	if err := bin.WriteText(out); err != nil {
+		t.Fatalf("binary write: %v", err)
+	}
+	for {
+		op, b, err := phone.ReadFrame()
+		if err != nil {
+			t.Fatalf("phone read: %v", err)
+		}
+		if op != wsclient.OpText {
+			continue
+		}
+		if string(b) != msg {
+			t.Fatalf("phone got %s, want %s", b, msg)
+		}
+		return
+	}
+}
+
+// roundTripNoPhone checks a binary with no phones is still served: an
+// envelope to an unknown conn_id is dropped, and a ping is answered.
+func roundTripNoPhone(t *testing.T, bin *wsclient.Client) {
+	t.Helper()
+	_ = bin.Conn.SetReadDeadline(time.Now().Add(upgradeWait))
+	if err := bin.WriteFrame(wsclient.OpPing, []byte("alive")); err != nil {
+		t.Fatalf("binary ping: %v", err)
+	}
+	for {
+		op, b, err := bin.ReadFrame()
+		if err != nil {
+			t.Fatalf("binary read: %v", err)
+		}
+		if op == wsclient.OpPong && string(b) == "alive" {
+			return
+		}
 	}
 }

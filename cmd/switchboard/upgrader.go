@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"switchboard/loop"
 )
 
 // upgrader runs the old process's side of a live upgrade, from the
@@ -15,6 +17,7 @@ import (
 // and logged in one line.
 type upgrader struct {
 	me      self
+	srv     *loop.Server
 	selfErr error // recordSelf's: no upgrade can start
 	main    *handoffListener
 	admin   net.Listener // nil when --admin-listen is empty
@@ -47,7 +50,7 @@ func (u *upgrader) begin() {
 			defer syscall.Close(fd)
 			adminFD = fd
 		}
-		u.done <- upgrade(u.me, u.main, adminFD, u.timeout, u.log)
+		u.done <- upgrade(u.me, u.srv, u.main, adminFD, u.timeout, u.log)
 	}()
 }
 
@@ -86,7 +89,8 @@ func (u *upgrader) finish(res upgradeResult) bool {
 	}
 	upgradeCounts.succeeded.Add(1)
 	u.main.handOff()
-	u.log.Info("upgrade finished", "outcome", "succeeded", "successor_pid", res.pid, "took", res.took)
+	u.log.Info("upgrade finished", "outcome", "succeeded", "successor_pid", res.pid, "took", res.took,
+		"connections_handed", res.handed, "pause", res.pause, "quiesce", res.quiesce)
 	if err := sdNotify("MAINPID=" + strconv.Itoa(res.pid)); err != nil {
 		u.log.Warn("service manager not told", "err", err)
 	}
