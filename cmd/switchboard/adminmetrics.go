@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 
@@ -27,7 +28,7 @@ func writeAdminMetrics(w *bytes.Buffer, srv *loop.Server) error {
 		return err
 	}
 	writeBuildInfo(w, version, runtime.Version())
-	writeUpgrades(w, upgradeCounts.succeeded.Load(), upgradeCounts.rolledBack.Load())
+	writeUpgrades(w)
 	metrics.WriteProcessMetrics(w)
 	// process_open_fds and process_max_fds are written apart by the library
 	// because counting /proc/self/fd costs a directory read per scrape: with
@@ -50,13 +51,20 @@ func writeBuildInfo(w io.Writer, version, goVersion string) {
 // the version comes from -ldflags and may hold anything.
 var labelValue = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace
 
-// writeUpgrades writes switchboard_upgrades_total: live upgrades (SIGUSR2)
-// by outcome, their sum the attempts. A successor carries the counts on
-// from the process it took over from (handover.go), so the family does not
-// reset at every release.
-func writeUpgrades(w io.Writer, succeeded, rolledBack int64) {
-	_, _ = io.WriteString(w, "# HELP switchboard_upgrades_total Live upgrades (SIGUSR2) by outcome: succeeded (a successor serves the listeners) or rolled_back (this process kept serving).\n"+
+// writeUpgrades writes the live-upgrade families: switchboard_upgrades_total
+// by outcome (their sum the attempts), the connections handed over and the
+// last upgrade's pause. A successor carries the totals on from the process
+// it took over from (handover.go), so they do not reset at every release.
+func writeUpgrades(w io.Writer) {
+	c := &upgradeCounts
+	_, _ = io.WriteString(w, "# HELP switchboard_upgrades_total Live upgrades (SIGUSR2) by outcome: succeeded (a successor serves the listeners and connections) or rolled_back (this process kept serving).\n"+
 		"# TYPE switchboard_upgrades_total counter\n"+
-		`switchboard_upgrades_total{outcome="succeeded"} `+strconv.FormatInt(succeeded, 10)+"\n"+
-		`switchboard_upgrades_total{outcome="rolled_back"} `+strconv.FormatInt(rolledBack, 10)+"\n")
+		`switchboard_upgrades_total{outcome="succeeded"} `+strconv.FormatInt(c.succeeded.Load(), 10)+"\n"+
+		`switchboard_upgrades_total{outcome="rolled_back"} `+strconv.FormatInt(c.rolledBack.Load(), 10)+"\n"+
+		"# HELP switchboard_upgrade_connections_handed_total Established connections a successor adopted from its predecessor, over every upgrade so far.\n"+
+		"# TYPE switchboard_upgrade_connections_handed_total counter\n"+
+		"switchboard_upgrade_connections_handed_total "+strconv.FormatInt(c.handed.Load(), 10)+"\n"+
+		"# HELP switchboard_upgrade_pause_seconds The upgrade that started this process: from the predecessor's last connection stopping reading to this process reading them all (0: not started by an upgrade).\n"+
+		"# TYPE switchboard_upgrade_pause_seconds gauge\n"+
+		"switchboard_upgrade_pause_seconds "+strconv.FormatFloat(time.Duration(c.pauseNs.Load()).Seconds(), 'g', -1, 64)+"\n")
 }

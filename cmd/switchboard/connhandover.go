@@ -31,6 +31,10 @@ const connBatchBytes = 96 << 10
 type connBatch struct {
 	Records []loop.HandedConn `json:"records"`
 	Last    bool              `json:"last,omitempty"`
+	// PausedAt, on the last batch: when the old process's last connection
+	// stopped reading (Unix ns; both processes read one clock), the start
+	// of the pause the peers see.
+	PausedAt int64 `json:"paused_at,omitempty"`
 }
 
 // sendConns writes h's records in batches.
@@ -41,6 +45,9 @@ func sendConns(c *net.UnixConn, h *loop.Handover) error {
 	size := 0
 	flush := func(last bool) error {
 		b.Last = last
+		if last {
+			b.PausedAt = h.Paused.UnixNano()
+		}
 		js, err := json.Marshal(b)
 		if err != nil {
 			return err
@@ -81,14 +88,12 @@ func sendConns(c *net.UnixConn, h *loop.Handover) error {
 // receiveConns reads the batches up to the last, or fails at deadline.
 // On an error the sockets received so far are closed (the old process
 // keeps its own copies and serves on).
-func receiveConns(c *net.UnixConn, deadline time.Time) ([]loop.HandedConn, []int, error) {
-	var records []loop.HandedConn
-	var fds []int
-	fail := func(err error) ([]loop.HandedConn, []int, error) {
+func receiveConns(c *net.UnixConn, deadline time.Time) (records []loop.HandedConn, fds []int, pausedAt time.Time, err error) {
+	fail := func(err error) ([]loop.HandedConn, []int, time.Time, error) {
 		for _, fd := range fds {
 			syscall.Close(fd)
 		}
-		return nil, nil, err
+		return nil, nil, time.Time{}, err
 	}
 	_ = c.SetReadDeadline(deadline)
 	defer c.SetReadDeadline(time.Time{})
@@ -113,7 +118,7 @@ func receiveConns(c *net.UnixConn, deadline time.Time) ([]loop.HandedConn, []int
 		}
 		records = append(records, b.Records...)
 		if b.Last {
-			return records, fds, nil
+			return records, fds, time.Unix(0, b.PausedAt), nil
 		}
 	}
 }
@@ -151,7 +156,7 @@ func (p *predecessor) adopt(srv *loop.Server, timeout time.Duration) (int, error
 	if err := sendAnswer(p.conn, answer{WantConns: true}); err != nil {
 		return 0, fmt.Errorf("asking for the connections: %v", err)
 	}
-	records, fds, err := receiveConns(p.conn, time.Now().Add(timeout))
+	records, fds, pausedAt, err := receiveConns(p.conn, time.Now().Add(timeout))
 	if err != nil {
 		return 0, err
 	}
@@ -168,5 +173,8 @@ func (p *predecessor) adopt(srv *loop.Server, timeout time.Duration) (int, error
 		}
 		return 0, err
 	}
+	// Adopt returns once every socket is being read again.
+	upgradeCounts.pauseNs.Store(max(int64(time.Since(pausedAt)), 0))
+	upgradeCounts.handed.Store(p.hello.ConnectionsHanded + int64(n))
 	return n, nil
 }

@@ -38,6 +38,7 @@ type hello struct {
 	Listeners          []string `json:"listeners"`
 	UpgradesSucceeded  int64    `json:"upgrades_succeeded"`
 	UpgradesRolledBack int64    `json:"upgrades_rolled_back"`
+	ConnectionsHanded  int64    `json:"connections_handed"` // over every upgrade so far
 }
 
 // answer is the successor's reply: Ready once it serves the listeners,

@@ -37,6 +37,13 @@ const successorFD = 3
 // through the hello, those before it) finished, by outcome.
 var upgradeCounts struct {
 	succeeded, rolledBack atomic.Int64
+	// handed is switchboard_upgrade_connections_handed_total: connections
+	// this process and those before it adopted from a predecessor.
+	handed atomic.Int64
+	// pauseNs is switchboard_upgrade_pause_seconds: in a successor, from
+	// the predecessor's last connection stopping reading to this process
+	// reading them all; 0 in a process not started by an upgrade.
+	pauseNs atomic.Int64
 }
 
 // self is how this process starts its successor: the executable's path as
@@ -141,7 +148,8 @@ func upgrade(me self, srv *loop.Server, main *handoffListener, adminFD int, time
 	}
 
 	h := hello{Format: handoverFormat, FromPID: os.Getpid(), Listeners: []string{listenerMain},
-		UpgradesSucceeded: upgradeCounts.succeeded.Load(), UpgradesRolledBack: upgradeCounts.rolledBack.Load()}
+		UpgradesSucceeded: upgradeCounts.succeeded.Load(), UpgradesRolledBack: upgradeCounts.rolledBack.Load(),
+		ConnectionsHanded: upgradeCounts.handed.Load()}
 	fds := []int{main.Fd()}
 	if adminFD >= 0 {
 		h.Listeners = append(h.Listeners, listenerAdmin)

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -257,9 +258,9 @@ func TestUpgradeHandsOverEveryConnectionUnderTraffic(t *testing.T) {
 	built := relaytest.Build(t, "switchboard/cmd/switchboard")
 	exe := filepath.Join(t.TempDir(), "switchboard")
 	install(t, built, exe)
-	addr := relaytest.FreeAddr(t)
+	addr, admin := relaytest.FreeAddr(t), relaytest.FreeAddr(t)
 	p := relaytest.Exec(t, relaytest.Command{Path: exe, SharedOutput: true, StopGrace: 5 * time.Second, Env: relaytest.CleanEnv(),
-		Args: []string{"--listen", addr, "--admin-listen", "", "--rate-limit-burst", "0", "--phones-per-server", "16"}})
+		Args: []string{"--listen", addr, "--admin-listen", admin, "--rate-limit-burst", "0", "--phones-per-server", "16"}})
 	p.WaitListening(t, relaytest.StartTimeout)
 	oldPID := p.Cmd.Process.Pid
 	tr := startTraffic(t, addr, binaries, phonesEach)
@@ -296,6 +297,15 @@ func TestUpgradeHandsOverEveryConnectionUnderTraffic(t *testing.T) {
 	}
 	if got := inode(t, fmt.Sprintf("/proc/%d/exe", succPID)); got != newIno {
 		t.Errorf("successor runs inode %d, the installed file is %d", got, newIno)
+	}
+	// The successor's /metrics (it holds the admin listener now) counts the
+	// connections it adopted and the pause they saw.
+	fams := scrape(t, http.DefaultClient, "http://"+admin+"/metrics")
+	if f := fams["switchboard_upgrade_connections_handed_total"]; f == nil || len(f.Samples) != 1 || int(f.Samples[0].Value) != binaries*(phonesEach+1) {
+		t.Errorf("switchboard_upgrade_connections_handed_total: %+v, want %d", f, binaries*(phonesEach+1))
+	}
+	if f := fams["switchboard_upgrade_pause_seconds"]; f == nil || len(f.Samples) != 1 || f.Samples[0].Value <= 0 || f.Samples[0].Value > upgradeWait.Seconds() {
+		t.Errorf("switchboard_upgrade_pause_seconds: %+v, want in (0, %s]", f, upgradeWait)
 	}
 	tr.finish(t, since)
 	if n := strings.Count(p.Logs.Tail(), "msg=closing"); n != 0 {
