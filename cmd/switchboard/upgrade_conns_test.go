@@ -29,7 +29,8 @@ const upgradeLoadEnv = "SWITCHBOARD_UPGRADE_BINARIES"
 // order. Any read or write error is a connection the upgrade broke.
 type traffic struct {
 	stop    atomic.Bool
-	wg      sync.WaitGroup
+	wg      sync.WaitGroup // the binaries' read loops
+	phoneWG sync.WaitGroup // the phones' loops: each ends after the round trip it is in
 	mu      sync.Mutex
 	errs    []string
 	echoed  atomic.Int64 // round trips completed
@@ -76,7 +77,7 @@ func startTraffic(t *testing.T, addr string, binaries, phonesEach int) *traffic 
 		go tr.runBinary(bin)
 	}
 	for _, p := range tr.phones {
-		tr.wg.Add(1)
+		tr.phoneWG.Add(1)
 		go tr.runPhone(p)
 	}
 	return tr
@@ -141,7 +142,7 @@ func (tr *traffic) runBinary(bin *wsclient.Client) {
 }
 
 func (tr *traffic) runPhone(p *trafficPhone) {
-	defer tr.wg.Done()
+	defer tr.phoneWG.Done()
 	var echo struct {
 		S int64 `json:"s"`
 		P int   `json:"p"`
@@ -206,23 +207,21 @@ func (tr *traffic) snapshotGot() []int64 {
 func (tr *traffic) finish(t *testing.T, since []int64) {
 	t.Helper()
 	tr.stop.Store(true)
-	done := make(chan struct{})
-	go func() {
-		// Phones end after their round trip in flight; binaries end on
-		// their connection's close.
-		for _, p := range tr.phones {
-			_ = p.c.Conn.SetReadDeadline(time.Now().Add(trafficPatience))
-		}
-		tr.wg.Wait()
-		close(done)
-	}()
-	time.Sleep(50 * time.Millisecond) // phones finish the round trip they are in
+	phonesDone := make(chan struct{})
+	go func() { tr.phoneWG.Wait(); close(phonesDone) }()
+	select { // each phone ends after the round trip it is in
+	case <-phonesDone:
+	case <-time.After(trafficPatience):
+		t.Fatalf("phones did not finish their round trips; errors: %v", tr.errors())
+	}
 	for _, p := range tr.phones {
 		p.c.Close()
 	}
 	for _, b := range tr.binList {
 		b.Close()
 	}
+	done := make(chan struct{})
+	go func() { tr.wg.Wait(); close(done) }() // binaries end on their connection's close
 	select {
 	case <-done:
 	case <-time.After(trafficPatience):
