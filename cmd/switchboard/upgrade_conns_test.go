@@ -21,7 +21,7 @@ import (
 // upgradeLoadEnv scales the connection handover tests: binaries × 16
 // phones (the default is a few hundred connections; 59 gives ~1,000, how
 // docs/performance.md's pause figure was measured).
-const upgradeLoadEnv = "SWITCHBOARD_UPGRADE_BINARIES"
+const upgradeLoadEnv = "RELAYTEST_UPGRADE_BINARIES" // not SWITCHBOARD_: the relay refuses unknown variables of that prefix
 
 // traffic is sequence-numbered echo traffic through the relay: each phone
 // sends {"s":k} with k counting up, its binary echoes each envelope back
