@@ -18,9 +18,10 @@ import (
 	"switchboard/internal/wsclient"
 )
 
-// upgradeLoadEnv scales the connection handover tests: binaries × 16
-// phones (the default is a few hundred connections; 59 gives ~1,000, how
-// docs/performance.md's pause figure was measured).
+// upgradeLoadEnv scales the connection handover tests: how many binaries,
+// each with 15 phones, 16 connections in all (the default, 16, gives 256;
+// 63 gives 1,008 and 1,125 gives 18,000, how docs/performance.md's pause
+// figures were measured).
 const upgradeLoadEnv = "RELAYTEST_UPGRADE_BINARIES" // not SWITCHBOARD_: the relay refuses unknown variables of that prefix
 
 // traffic is sequence-numbered echo traffic through the relay: each phone
