@@ -318,12 +318,7 @@ func TestUpgradeHandsOverEveryConnectionUnderTraffic(t *testing.T) {
 // it reads them rolls the upgrade back: the old process serves every
 // connection on, nothing lost.
 func TestUpgradeRollsBackWhenTheSuccessorDiesMidHandover(t *testing.T) {
-	if err := subreaper(); err != nil {
-		t.Skipf("cannot become a subreaper to wait for successors: %v", err)
-	}
-	built := relaytest.Build(t, "switchboard/cmd/switchboard")
-	exe := filepath.Join(t.TempDir(), "switchboard")
-	install(t, built, exe)
+	_, exe := upgradable(t)
 	for i, fault := range []string{"exit-holding-conns", "hang-holding-conns"} {
 		t.Run(fault, func(t *testing.T) {
 			addr := relaytest.FreeAddr(t)
@@ -434,12 +429,7 @@ func TestUpgradeCarriesGraceWindows(t *testing.T) {
 // decided by a pong and a timer the snapshot would carry half-done), and
 // the probe then ends as it would have; the next reload upgrades.
 func TestUpgradeWaitsOutATakeoverProbe(t *testing.T) {
-	if err := subreaper(); err != nil {
-		t.Skipf("cannot become a subreaper to wait for successors: %v", err)
-	}
-	built := relaytest.Build(t, "switchboard/cmd/switchboard")
-	exe := filepath.Join(t.TempDir(), "switchboard")
-	install(t, built, exe)
+	_, exe := upgradable(t)
 	addr := relaytest.FreeAddr(t)
 	p := relaytest.Exec(t, relaytest.Command{Path: exe, SharedOutput: true, StopGrace: 5 * time.Second, Env: relaytest.CleanEnv(),
 		Args: []string{"--listen", addr, "--admin-listen", "", "--rate-limit-burst", "0", "--takeover-timeout", "20s"}})

@@ -22,12 +22,7 @@ import (
 )
 
 func TestUpgradeRollsBackWhenTheSuccessorFails(t *testing.T) {
-	if err := subreaper(); err != nil {
-		t.Skipf("cannot become a subreaper to wait for successors: %v", err)
-	}
-	built := relaytest.Build(t, "switchboard/cmd/switchboard")
-	exe := filepath.Join(t.TempDir(), "switchboard")
-	install(t, built, exe)
+	built, exe := upgradable(t)
 	addr, admin := relaytest.FreeAddr(t), relaytest.FreeAddr(t)
 	const timeout = time.Second // short, so the test waits it out; the hung successor below needs it whole
 	p := relaytest.Exec(t, relaytest.Command{Path: exe, SharedOutput: true, StopGrace: 5 * time.Second, Env: relaytest.CleanEnv(),

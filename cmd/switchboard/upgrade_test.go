@@ -86,6 +86,20 @@ func adopt(t *testing.T, pid int) *orphan {
 // install puts a copy of src at dst the way a package manager or install(1)
 // replaces a running binary: a new file under the same path (writing into
 // the running one fails with ETXTBSY). It returns the new file's inode.
+// upgradable makes this test process a subreaper (or skips) and installs
+// the built relay at a path of the test's own, as a release would: it
+// returns the built file, to install again for an upgrade, and that path.
+func upgradable(t *testing.T) (built, exe string) {
+	t.Helper()
+	if err := subreaper(); err != nil {
+		t.Skipf("cannot become a subreaper to wait for successors: %v", err)
+	}
+	built = relaytest.Build(t, "switchboard/cmd/switchboard")
+	exe = filepath.Join(t.TempDir(), "switchboard")
+	install(t, built, exe)
+	return built, exe
+}
+
 func install(t *testing.T, src, dst string) uint64 {
 	t.Helper()
 	b, err := os.ReadFile(src)
@@ -334,12 +348,7 @@ func nextNotification(t *testing.T, ch <-chan string, want string) {
 }
 
 func TestUpgradeMovesTheListenersToTheInstalledBinary(t *testing.T) {
-	if err := subreaper(); err != nil {
-		t.Skipf("cannot become a subreaper to wait for successors: %v", err)
-	}
-	built := relaytest.Build(t, "switchboard/cmd/switchboard")
-	exe := filepath.Join(t.TempDir(), "switchboard")
-	install(t, built, exe)
+	built, exe := upgradable(t)
 	addr, admin := relaytest.FreeAddr(t), relaytest.FreeAddr(t)
 	notifyName := fmt.Sprintf("@switchboard-upgrade-test-%d", os.Getpid()) // abstract
 	notes := notifications(t, notifyName)
