@@ -63,8 +63,9 @@ type Handover struct {
 
 // freezeState is the Server's side of a freeze.
 type freezeState struct {
-	mu     sync.Mutex
-	parked map[*conn]struct{} // turns that came up while frozen
+	mu      sync.Mutex
+	parked  map[*conn]struct{} // turns that came up while frozen
+	adopted []*conn            // in a successor: adopted, not read until ResumeAdopted
 }
 
 // Freeze stops every registered connection and snapshots it. It gives up
@@ -273,11 +274,11 @@ func (h *Handover) Release() {
 	}
 }
 
-// Adopt is the successor's side: it serves the connections of records,
+// Adopt is the successor's side: it takes the connections of records,
 // whose sockets are fds (one per FD record, in order), rebuilding the
-// registry and the deadlines, and resumes reading each (its staged input
-// first). Call it before Serve. On an error nothing is served and the
-// caller closes fds.
+// registry and the deadlines; ResumeAdopted then starts reading each (its
+// staged input first). Call it before Serve. On an error nothing is served
+// and the caller closes fds.
 func (s *Server) Adopt(records []HandedConn, fds []int) (int, error) {
 	now := s.wheel.At(time.Now())
 	at := func(left int64) int64 {
@@ -382,8 +383,25 @@ func (s *Server) Adopt(records []HandedConn, fds []int) (int, error) {
 		s.budget.watch(c)
 		c.noteInputHeld()
 	}
+	s.freeze.mu.Lock()
 	for _, a := range conns {
-		a.c.queueStep()
+		s.freeze.adopted = append(s.freeze.adopted, a.c)
 	}
+	s.freeze.mu.Unlock()
 	return len(conns), nil
+}
+
+// ResumeAdopted starts reading the connections Adopt took. Adopt reads
+// nothing, so that a successor that fails before its predecessor has let
+// go of the connections (READY answered, the release not yet come) has
+// consumed no byte of them: the predecessor's rollback then finds every
+// stream where it left it. Call it once the predecessor has released them.
+func (s *Server) ResumeAdopted() {
+	s.freeze.mu.Lock()
+	adopted := s.freeze.adopted
+	s.freeze.adopted = nil
+	s.freeze.mu.Unlock()
+	for _, c := range adopted {
+		c.queueStep()
+	}
 }

@@ -173,8 +173,13 @@ func (p *predecessor) adopt(srv *loop.Server, timeout time.Duration) (int, error
 		}
 		return 0, err
 	}
-	// Adopt returns once every socket is being read again.
-	upgradeCounts.pauseNs.Store(max(int64(time.Since(pausedAt)), 0))
+	if os.Getenv(upgradeFaultEnv) == "exit-after-adopt" {
+		// Adopted, deadlines armed, traffic arriving: had Adopt started
+		// reading, the old process's rollback would miss what was read.
+		time.Sleep(100 * time.Millisecond)
+		os.Exit(3)
+	}
+	p.pausedAt = pausedAt
 	upgradeCounts.handed.Store(p.hello.ConnectionsHanded + int64(n))
 	return n, nil
 }

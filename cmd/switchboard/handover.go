@@ -51,6 +51,9 @@ type answer struct {
 	// batches; the old process freezes only now, so the pause its peers
 	// see does not include the successor's start.
 	WantConns bool   `json:"want_conns,omitempty"`
+	// Released, from the old process after READY: it has let go of the
+	// connections and will not roll back, so the successor may read them.
+	Released bool `json:"released,omitempty"`
 	Adopted   int    `json:"adopted,omitempty"`
 	Error     string `json:"error,omitempty"`
 }

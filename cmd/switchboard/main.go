@@ -180,7 +180,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	if pred != nil {
-		pred.ready(ln)
+		if err := pred.ready(ln, srv, opts.upgradeTimeout); err != nil {
+			fmt.Fprintf(stderr, "switchboard: upgrade: %v; exiting without reading them\n", err)
+			return 1
+		}
 	} else if err := sdNotify("READY=1"); err != nil {
 		log.Warn("service manager not told", "err", err)
 	}

@@ -185,6 +185,11 @@ func upgrade(me self, srv *loop.Server, main *handoffListener, adminFD int, time
 		ho.Thaw()
 	} else {
 		ho.Release()
+		// Only now may the successor read: had it read before, a rollback
+		// here would have thawed streams missing what it took.
+		if err := sendAnswer(ours, answer{Released: true}); err != nil {
+			log.Warn("upgrade: the successor did not take the release; it holds the connections", "successor_pid", pid, "err", err.Error())
+		}
 		r := res(pid, nil)
 		r.handed, r.pause = len(ho.FDs), time.Since(frozeAt)
 		r.quiesce = ho.Paused.Sub(frozeAt)

@@ -319,7 +319,7 @@ func TestUpgradeHandsOverEveryConnectionUnderTraffic(t *testing.T) {
 // connection on, nothing lost.
 func TestUpgradeRollsBackWhenTheSuccessorDiesMidHandover(t *testing.T) {
 	_, exe := upgradable(t)
-	for i, fault := range []string{"exit-holding-conns", "hang-holding-conns"} {
+	for i, fault := range []string{"exit-holding-conns", "hang-holding-conns", "exit-after-adopt"} {
 		t.Run(fault, func(t *testing.T) {
 			addr := relaytest.FreeAddr(t)
 			p := relaytest.Exec(t, relaytest.Command{Path: exe, SharedOutput: true, StopGrace: 5 * time.Second,

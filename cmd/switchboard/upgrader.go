@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -117,10 +118,11 @@ func (u *upgrader) abandon() {
 // predecessor is, in a successor, the process it upgrades: the handover
 // socket and the listeners the hello carried.
 type predecessor struct {
-	conn  *net.UnixConn
-	hello hello
-	main  net.Listener
-	admin net.Listener // nil when the old process had none, or once taken
+	conn     *net.UnixConn
+	hello    hello
+	main     net.Listener
+	admin    net.Listener // nil when the old process had none, or once taken
+	pausedAt time.Time    // when the old process's last connection stopped reading
 }
 
 // takeOver reads the hello on --upgrade-fd and turns its descriptors into
@@ -206,15 +208,34 @@ func (p *predecessor) fromPID() int {
 // ready tells systemd and the old process that this one serves the
 // listeners; from here the unix socket file is this process's to remove
 // at exit, and the upgrade counts carry on from the old process's.
-func (p *predecessor) ready(ln *handoffListener) {
-	upgradeCounts.succeeded.Store(p.hello.UpgradesSucceeded + 1)
-	upgradeCounts.rolledBack.Store(p.hello.UpgradesRolledBack)
+//
+// The adopted connections are read only once the old process answers
+// RELEASED: until then it may still roll back (it missed the READY within
+// --upgrade-timeout, or failed after), and must find every stream where it
+// left it. Without the release (the old process rolled back, killed us or
+// died) ready returns an error and this process must exit without reading:
+// the connections close, none is left half-read.
+func (p *predecessor) ready(ln *handoffListener, srv *loop.Server, timeout time.Duration) error {
+	defer p.conn.Close()
 	_ = sdNotify("READY=1")
 	_ = sendAnswer(p.conn, answer{Ready: true})
+	a, err := readAnswer(p.conn, time.Now().Add(timeout))
+	if err != nil || !a.Released {
+		if err == nil {
+			err = errors.New("its answer to READY was not RELEASED")
+		}
+		return fmt.Errorf("the old process did not release the connections: %v", err)
+	}
+	srv.ResumeAdopted()
+	if !p.pausedAt.IsZero() {
+		upgradeCounts.pauseNs.Store(max(int64(time.Since(p.pausedAt)), 0))
+	}
+	upgradeCounts.succeeded.Store(p.hello.UpgradesSucceeded + 1)
+	upgradeCounts.rolledBack.Store(p.hello.UpgradesRolledBack)
 	if ln.unix != nil {
 		ln.unix.SetUnlinkOnClose(true)
 	}
-	p.conn.Close()
+	return nil
 }
 
 // close releases what takeOver opened and nobody took.
