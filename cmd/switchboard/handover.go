@@ -50,12 +50,11 @@ type answer struct {
 	// WantConns: the successor is set up and waits for the connection
 	// batches; the old process freezes only now, so the pause its peers
 	// see does not include the successor's start.
-	WantConns bool   `json:"want_conns,omitempty"`
+	WantConns bool `json:"want_conns,omitempty"`
 	// Released, from the old process after READY: it has let go of the
 	// connections and will not roll back, so the successor may read them.
-	Released bool `json:"released,omitempty"`
-	Adopted   int    `json:"adopted,omitempty"`
-	Error     string `json:"error,omitempty"`
+	Released bool   `json:"released,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // handoverPair is a connected SEQPACKET pair: ours stays here, theirs
